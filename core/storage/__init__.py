@@ -1,0 +1,1 @@
+"""In-memory MVCC table storage: versions, indexes and per-table history."""

@@ -1,0 +1,1 @@
+"""The write-ahead log: framed commit records in segmented append-only files."""
