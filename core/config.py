@@ -21,7 +21,7 @@ class StoreConfig:
     history_commits: int = 10_000
     snapshot_every: int = 100_000
     keep_snapshots: int = 2
-    segment_bytes: int = 64 * 1024 * 1024
+    segment_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.durability not in ("durable", "interval", "none"):

@@ -134,6 +134,45 @@ def _segment_frames(
     return iter_frames(data, SEGMENT_HEADER_SIZE, first)
 
 
+def _damage(
+    state: RecoveredState,
+    path: Path,
+    data: bytes,
+    fe: FrameError,
+    is_last: bool,
+    expect: int,
+    repair: bool,
+) -> int:
+    """Decide what damage at ``fe.pos`` means; returns where the valid log ends."""
+    if is_last and data.count(0, fe.pos) == len(data) - fe.pos:
+        return fe.pos  # preallocated zeros: the clean end of the log
+    if not is_last:
+        raise CorruptionError(
+            f"log segment {path} at byte {fe.pos}: {fe.reason} (not the last segment:"
+            " refusing to start; restore the file or run `voicehub db check`)"
+        )
+    later = valid_frame_after(data, fe.pos, expect)
+    if later is not None:
+        raise CorruptionError(
+            f"log segment {path} at byte {fe.pos}: {fe.reason}, but a valid commit follows"
+            f" at byte {later}: damage before the tail, refusing to start"
+        )
+    msg = (
+        f"log segment {path}: torn tail at byte {fe.pos} ({fe.reason}); the"
+        f" {len(data) - fe.pos} bytes after the last complete commit {expect - 1}"
+        + (" were cleared" if repair else " would be cleared on open")
+    )
+    log.warning(msg)
+    state.warnings.append(msg)
+    if repair:
+        with open(path, "r+b") as f:
+            f.seek(fe.pos)
+            f.write(bytes(len(data) - fe.pos))
+            f.flush()
+            os.fsync(f.fileno())
+    return fe.pos
+
+
 def recover(
     data_dir: Path,
     *,
@@ -243,32 +282,7 @@ def recover(
                         state.replayed, offset, last_report - t_start,
                     )
         except FrameError as fe:
-            if not is_last:
-                raise CorruptionError(
-                    f"log segment {path} at byte {fe.pos}: {fe.reason} (not the last segment:"
-                    " refusing to start; restore the file or run `voicehub db check`)"
-                ) from None
-            later = valid_frame_after(data, fe.pos, expect or first)
-            if later is not None:
-                raise CorruptionError(
-                    f"log segment {path} at byte {fe.pos}: {fe.reason}, but a valid commit"
-                    f" follows at byte {later}: damage before the tail, refusing to start"
-                ) from None
-            dropped = len(data) - fe.pos
-            msg = (
-                f"log segment {path}: torn tail at byte {fe.pos} ({fe.reason});"
-                f" {dropped} bytes after the last complete commit {(expect or first) - 1}"
-                + (" truncated" if repair else " would be truncated on open")
-            )
-            log.warning(msg)
-            state.warnings.append(msg)
-            if repair:
-                with open(path, "r+b") as f:
-                    f.truncate(fe.pos)
-                    f.flush()
-                    os.fsync(f.fileno())
-                data = data[: fe.pos]
-            good_end = fe.pos
+            good_end = _damage(state, path, data, fe, is_last, expect or first, repair)
         state.log_end = (expect or first) - 1
         if done:
             break

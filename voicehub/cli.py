@@ -1,5 +1,121 @@
-"""The ``voicehub`` command line (filled in below)."""
+"""The ``voicehub`` command line: ``serve`` and ``db check``.
+
+Each ``serve`` flag also has an environment variable (``VOICEHUB_<NAME>``) and a TOML key
+in the ``--config`` file; flags win over the environment, which wins over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from voicehub import app
+from voicehub.config import resolve
+
+log = logging.getLogger("voicehub")
 
 
-def main() -> None:
-    raise SystemExit(0)
+def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "serve",
+        help="open the store and serve it",
+        description="Run voicehub. Every flag can also be set by the environment variable"
+        " VOICEHUB_<FLAG> (e.g. VOICEHUB_PORT) or a key of the TOML --config file.",
+    )
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP/WebSocket port (default 8765)")
+    p.add_argument("--data-dir", help="data directory (default ./voicehub-data)")
+    p.add_argument(
+        "--durability",
+        choices=["durable", "interval", "none"],
+        help="durable: ack after fsync (default); interval: fsync every --interval-ms;"
+        " none: memory only",
+    )
+    p.add_argument("--interval-ms", type=int, help="fsync period under 'interval' (default 10)")
+    p.add_argument(
+        "--history-commits", type=int, help="commits of AS OF history kept in memory (10000)"
+    )
+    p.add_argument(
+        "--snapshot-every", type=int, help="write a snapshot every N commits (100000; 0 = never)"
+    )
+    p.add_argument(
+        "--module", action="append", dest="modules", metavar="PATH",
+        help="a user module (Python file or importable name); repeatable",
+    )
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--log-level", help="debug, info, warning or error (default info)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicehub", description="voicehub voice-agent server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_command", required=True
+    )
+    chk = db.add_parser("check", help="verify every snapshot and log segment (read-only)")
+    chk.add_argument("--data-dir", default="./voicehub-data")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in ("command",)}
+    try:
+        settings = resolve(flags)
+    except ValueError as e:
+        print(f"voicehub: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: app.Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        node = app.open_node(settings)
+    except app.StartupError as e:
+        log.error("%s", e)
+        return 1
+    await node.start()
+    log.info(
+        "voicehub store open at %s (offset %d, durability %s); stop with Ctrl-C",
+        settings.data_dir, node.db.offset, settings.durability,
+    )
+    await stop.wait()
+    log.info("shutting down: draining and writing a snapshot")
+    await node.stop()
+    return 0
+
+
+def cmd_db_check(args: argparse.Namespace) -> int:
+    from core.check import check_data_dir
+
+    report = check_data_dir(Path(args.data_dir))
+    for line in report.lines:
+        print(line)
+    verdict = {0: "clean", 1: "tail damage only (recovers)", 2: "DAMAGED"}[report.status]
+    print(f"result: {verdict}")
+    return report.status
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        raise SystemExit(cmd_serve(args))
+    if args.command == "db" and args.db_command == "check":
+        raise SystemExit(cmd_db_check(args))
+    raise SystemExit(2)

@@ -1,0 +1,75 @@
+"""Server configuration from flags, environment variables and a TOML file (flags win).
+
+Every setting has a flag (``--data-dir``), an environment variable (``VOICEHUB_DATA_DIR``)
+and a TOML key (``data_dir``). Precedence: flag > environment > file > default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: Path = Path("./voicehub-data")
+    durability: str = "durable"
+    interval_ms: int = 10
+    history_commits: int = 10_000
+    snapshot_every: int = 100_000
+    modules: list[str] = field(default_factory=list)
+    log_level: str = "info"
+
+
+ENV_PREFIX = "VOICEHUB_"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in ("port", "interval_ms", "history_commits", "snapshot_every"):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"setting {name!r} must be an integer, got {value!r}") from None
+    if name == "data_dir":
+        return Path(value)
+    if name == "modules":
+        if isinstance(value, str):
+            return [v for v in value.split(",") if v]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("setting 'modules' must be a list of paths or module names")
+        return list(value)
+    if name == "durability" and value not in ("durable", "interval", "none"):
+        raise ValueError(f"durability must be durable, interval or none, not {value!r}")
+    return value
+
+
+def resolve(flags: dict[str, Any], env: dict[str, str] | None = None) -> Settings:
+    """Merge the sources; ``flags`` holds only options given on the command line."""
+    env = dict(os.environ) if env is None else env
+    s = Settings()
+    names = [f.name for f in fields(Settings)]
+    config_file = flags.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    layers: list[dict[str, Any]] = []
+    if config_file:
+        path = Path(config_file)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path}: {e}") from None
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"config file {path}: unknown key(s) {unknown}")
+        layers.append(data)
+    layers.append({n: env[ENV_PREFIX + n.upper()] for n in names if ENV_PREFIX + n.upper() in env})
+    layers.append({n: v for n, v in flags.items() if n in names and v is not None})
+    for layer in layers:
+        for name, value in layer.items():
+            setattr(s, name, _coerce(name, value))
+    return s
