@@ -34,8 +34,10 @@ class CheckReport:
 
 
 def _snapshots(d: Path, r: CheckReport) -> None:
-    snaps = [] if not (d / "snapshots").exists() else sorted(
-        p for p in (d / "snapshots").iterdir() if p.suffix == ".snap"
+    snaps = (
+        []
+        if not (d / "snapshots").exists()
+        else sorted(p for p in (d / "snapshots").iterdir() if p.suffix == ".snap")
     )
     for p in snaps:
         try:

@@ -13,6 +13,7 @@ that is not yet durable.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import threading
@@ -38,8 +39,8 @@ from core.errors import (
 from core.module import Module, ReducerFn, bind_arguments
 from core.reads import ReadSnapshot
 from core.recovery import RecoveredState, recover
-from core.schema import ColumnDef, ReducerDef, TableDef, to_builtins
 from core.scheduler import SCHEDULE_TABLE, Scheduler
+from core.schema import ColumnDef, ReducerDef, TableDef, to_builtins
 from core.snapshot import TableImage, list_snapshots, write_snapshot
 from core.storage.table import TableStore
 from core.transaction import DbView, ReducerContext, TableHandle, Transaction
@@ -129,9 +130,7 @@ class Database:
         cfg = self.config
         if cfg.data_dir is not None and cfg.durability != "none":
             self._lock_data_dir(cfg.data_dir)
-            state = recover(
-                cfg.data_dir, repair=True, timestamps_kept=cfg.history_commits + 1
-            )
+            state = recover(cfg.data_dir, repair=True, timestamps_kept=cfg.history_commits + 1)
             self.recovered = state
             if state.log_end != state.offset:
                 raise StoreError(
@@ -161,7 +160,10 @@ class Database:
             )
             log.info(
                 "store opened at offset %d in %.2f s (snapshot %d, %d rows, %d commits replayed)",
-                self.offset, state.seconds, state.snapshot_offset, state.rows_loaded,
+                self.offset,
+                state.seconds,
+                state.snapshot_offset,
+                state.rows_loaded,
                 state.replayed,
             )
         self._install(modules)
@@ -207,6 +209,7 @@ class Database:
                     " (schema migrations are not supported yet)"
                 )
         if new:
+
             def create(ctx: ReducerContext) -> None:
                 for t in new:
                     self.stores[t.name] = TableStore(t)
@@ -240,7 +243,9 @@ class Database:
 
     # ---------------------------------------------------------------- writing
 
-    def execute(self, reducer: str, args: Any = None, caller: str = SYSTEM_IDENTITY) -> CommitResult:
+    def execute(
+        self, reducer: str, args: Any = None, caller: str = SYSTEM_IDENTITY
+    ) -> CommitResult:
         """Run a reducer in one transaction and commit it (does not wait for durability)."""
         entry = self.reducers.get(reducer)
         if entry is None or entry[0].kind != "reducer":
@@ -257,7 +262,9 @@ class Database:
             self.gate.wait(res.offset)
         return res
 
-    async def call(self, reducer: str, args: Any = None, caller: str = SYSTEM_IDENTITY) -> CommitResult:
+    async def call(
+        self, reducer: str, args: Any = None, caller: str = SYSTEM_IDENTITY
+    ) -> CommitResult:
         """``execute`` then await durability (under ``durable``; immediate otherwise)."""
         res = self.execute(reducer, args, caller)
         if self._wal is not None and self.config.durability == "durable":
@@ -344,8 +351,15 @@ class Database:
                 if s.sequences[pos] != old
             ]
             rec = CommitRecord(
-                offset, tx.timestamp, tx.reducer, tx.caller, argv, logged, seqs,
-                [to_builtins(t) for t in schema] if schema else [], value,
+                offset,
+                tx.timestamp,
+                tx.reducer,
+                tx.caller,
+                argv,
+                logged,
+                seqs,
+                [to_builtins(t) for t in schema] if schema else [],
+                value,
             )
             try:
                 payload = ENCODER.encode(rec)
@@ -535,7 +549,7 @@ class Database:
             return
         oldest = kept[-1][0]
         segs = list_segments(self.config.data_dir / "wal")
-        for (_, p), (nxt, _) in zip(segs, segs[1:]):
+        for (_, p), (nxt, _) in itertools.pairwise(segs):
             if nxt <= oldest + 1:
                 p.unlink()
                 log.info("log segment %s removed (covered by snapshot %d)", p.name, oldest)

@@ -9,9 +9,9 @@ storage error, if the log failed first).
 from __future__ import annotations
 
 import asyncio
-import threading
 import heapq
 import itertools
+import threading
 from collections.abc import Callable
 
 from core.errors import StorageFailed

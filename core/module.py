@@ -46,7 +46,7 @@ ReducerFn = Callable[..., Any]
 _MISSING: Any = object()
 
 
-class column:  # noqa: N801 - used like a field() helper
+class column:
     """Extra facts about a column declared in a table class."""
 
     def __init__(
@@ -235,7 +235,11 @@ class Module:
     ) -> Any:
         def wrap(c: type) -> type:
             tdef = table_def_from_class(
-                c, name=name, primary_key=primary_key, indexes=indexes, unique=unique,
+                c,
+                name=name,
+                primary_key=primary_key,
+                indexes=indexes,
+                unique=unique,
                 public=public,
             )
             self.add_table(tdef)

@@ -48,9 +48,7 @@ class SnapshotTable:
         reverse: bool = False,
     ) -> list[Any]:
         self._snap._check()
-        return self._store.range_at(
-            index, lo, hi, lo_inclusive, hi_inclusive, reverse, self._at
-        )
+        return self._store.range_at(index, lo, hi, lo_inclusive, hi_inclusive, reverse, self._at)
 
     def rows(self) -> list[Any]:
         """Every row visible at the snapshot's offset (unordered)."""

@@ -63,9 +63,7 @@ class RecoveredState:
         self.seconds = 0.0
 
 
-def apply_record(
-    stores: dict[str, TableStore], rec: CommitRecord, keep_history: bool
-) -> None:
+def apply_record(stores: dict[str, TableStore], rec: CommitRecord, keep_history: bool) -> None:
     for tdef in rec.schema:
         td = table_from_builtins(tdef)
         stores[td.name] = TableStore(td)
@@ -85,10 +83,10 @@ def load_snapshot(state: RecoveredState, reader: SnapshotReader, meta: dict[str,
         td = table_from_builtins(tdef)
         state.stores[td.name] = TableStore(td)
     pending: dict[str, list[tuple]] = {name: [] for name in state.stores}
-    for tname, rows in reader.rows():
+    for tname, chunk in reader.rows():
         rt = state.stores[tname].row_type
         new = tuple.__new__
-        pending[tname].extend([new(rt, r) for r in rows])
+        pending[tname].extend([new(rt, r) for r in chunk])
     for tname, rows in pending.items():
         state.stores[tname].load(rows, offset)
         state.rows_loaded += len(rows)
@@ -122,15 +120,15 @@ def _choose_snapshot(
         state.snapshot_path = path
         log.info(
             "snapshot %s loaded: %d rows in %.2f s",
-            path.name, state.rows_loaded, time.perf_counter() - t0,
+            path.name,
+            state.rows_loaded,
+            time.perf_counter() - t0,
         )
         return skipped
     return skipped
 
 
-def _segment_frames(
-    path: Path, data: bytes, first: int
-) -> Iterator[tuple[int, bytes, int]]:
+def _segment_frames(path: Path, data: bytes, first: int) -> Iterator[tuple[int, bytes, int]]:
     return iter_frames(data, SEGMENT_HEADER_SIZE, first)
 
 
@@ -279,7 +277,9 @@ def recover(
                     last_report = time.perf_counter()
                     log.info(
                         "recovery: %d commits replayed (offset %d), %.1f s",
-                        state.replayed, offset, last_report - t_start,
+                        state.replayed,
+                        offset,
+                        last_report - t_start,
                     )
         except FrameError as fe:
             good_end = _damage(state, path, data, fe, is_last, expect or first, repair)

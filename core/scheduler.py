@@ -83,7 +83,7 @@ class Scheduler:
     def fire(self, schedule_id: int) -> CommitResult | None:
         """Run one due schedule in its own transaction; None if it no longer exists."""
         db = self.db
-        row = db.stores["__schedule__"].get(schedule_id)
+        row: Any = db.stores["__schedule__"].get(schedule_id)
         if row is None:
             return None
         entry = db.reducers.get(row.reducer)

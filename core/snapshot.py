@@ -43,7 +43,7 @@ def snapshot_name(offset: int) -> str:
 
 def list_snapshots(snap_dir: Path) -> list[tuple[int, Path]]:
     """(offset, path) of every finished snapshot file, newest first; temp files removed."""
-    out = []
+    out: list[tuple[int, Path]] = []
     if not snap_dir.exists():
         return out
     for p in snap_dir.iterdir():
@@ -106,7 +106,10 @@ def write_snapshot(snap_dir: Path, offset: int, timestamp: int, tables: list[Tab
     fsync_dir(snap_dir)
     log.info(
         "snapshot %s written: %d rows, %.1f MB, %.2f s",
-        final.name, nrows, final.stat().st_size / 1e6, time.perf_counter() - t0,
+        final.name,
+        nrows,
+        final.stat().st_size / 1e6,
+        time.perf_counter() - t0,
     )
     return final
 

@@ -23,7 +23,15 @@ _MISSING: Any = object()
 
 
 class Transaction:
-    __slots__ = ("caller", "offset", "reducer", "saved_seqs", "schedule_ops", "timestamp", "touched")
+    __slots__ = (
+        "caller",
+        "offset",
+        "reducer",
+        "saved_seqs",
+        "schedule_ops",
+        "timestamp",
+        "touched",
+    )
 
     def __init__(self, offset: int, timestamp: int, caller: str, reducer: str) -> None:
         self.offset = offset

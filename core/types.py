@@ -49,7 +49,7 @@ def _int64(v: Any) -> int:
 def _float64(v: Any) -> float:
     t = type(v)
     if t is float:
-        return v  # type: ignore[no-any-return]
+        return v
     if t is int:
         return float(v)
     raise TypeError
@@ -57,20 +57,20 @@ def _float64(v: Any) -> float:
 
 def _text(v: Any) -> str:
     if type(v) is str:
-        return v  # type: ignore[no-any-return]
+        return v
     raise TypeError
 
 
 def _bool(v: Any) -> bool:
     if type(v) is bool:
-        return v  # type: ignore[no-any-return]
+        return v
     raise TypeError
 
 
 def _bytes(v: Any) -> bytes:
     t = type(v)
     if t is bytes:
-        return v  # type: ignore[no-any-return]
+        return v
     if t is bytearray or t is memoryview:
         return bytes(v)
     raise TypeError
@@ -89,7 +89,7 @@ def _timestamp(v: Any) -> int:
 
 def _identity(v: Any) -> str:
     if type(v) is str and len(v) == 64 and _HEX.issuperset(v):
-        return v  # type: ignore[no-any-return]
+        return v
     if type(v) is bytes and len(v) == 32:
         return v.hex()
     if type(v) is str:

@@ -19,7 +19,7 @@ from voicehub.config import resolve
 log = logging.getLogger("voicehub")
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="open the store and serve it",
@@ -43,7 +43,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--snapshot-every", type=int, help="write a snapshot every N commits (100000; 0 = never)"
     )
     p.add_argument(
-        "--module", action="append", dest="modules", metavar="PATH",
+        "--module",
+        action="append",
+        dest="modules",
+        metavar="PATH",
         help="a user module (Python file or importable name); repeatable",
     )
     p.add_argument("--config", help="TOML configuration file")
@@ -93,7 +96,9 @@ async def _serve(settings: app.Settings) -> int:
     await node.start()
     log.info(
         "voicehub store open at %s (offset %d, durability %s); stop with Ctrl-C",
-        settings.data_dir, node.db.offset, settings.durability,
+        settings.data_dir,
+        node.db.offset,
+        settings.durability,
     )
     await stop.wait()
     log.info("shutting down: draining and writing a snapshot")

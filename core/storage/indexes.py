@@ -63,7 +63,7 @@ LOW: Any = _Low()
 HIGH: Any = _High()
 
 
-class _Bucket(set):  # type: ignore[type-arg]
+class _Bucket(set):
     """Several primary keys under one hash key (a lone key is stored bare to save memory)."""
 
     __slots__ = ()
@@ -225,9 +225,7 @@ class BTreeIndex(Index):
         for _, pk in self.entries.irange(lo_b[0], hi_b[0], reverse=reverse):
             yield pk
 
-    def in_range(
-        self, key: Any, lo: Any, hi: Any, lo_inclusive: bool, hi_inclusive: bool
-    ) -> bool:
+    def in_range(self, key: Any, lo: Any, hi: Any, lo_inclusive: bool, hi_inclusive: bool) -> bool:
         k = self.encode(key)
         if lo is not None:
             lk = self.encode(lo)

@@ -39,9 +39,7 @@ class TableStore:
         self.indexes: dict[str, Index] = {ix.name: make_index(tdef, ix) for ix in tdef.indexes}
         self._index_list = list(self.indexes.values())
         self._unique = [ix for ix in self._index_list if ix.unique]
-        self.sequences: dict[int, int] = {
-            i: 0 for i, c in enumerate(tdef.columns) if c.auto_inc
-        }
+        self.sequences: dict[int, int] = {i: 0 for i, c in enumerate(tdef.columns) if c.auto_inc}
 
     # ---- writer operations (inside a transaction; ``touched`` is the tx's record) ----
 
@@ -235,16 +233,10 @@ class TableStore:
 
     def lookup_at(self, index: str, key: Any, at: int) -> list[tuple]:
         ix = self.index(index)
-        out = [
-            v.row
-            for pk in ix.lookup(key)
-            if (v := self.heads[pk]).begin <= at
-        ]
+        out = [v.row for pk in ix.lookup(key) if (v := self.heads[pk]).begin <= at]
         kf = ix.key_of
         out.extend(
-            v.row
-            for _, v in self.history.ended_after(at)
-            if v.begin <= at and kf(v.row) == key
+            v.row for _, v in self.history.ended_after(at) if v.begin <= at and kf(v.row) == key
         )
         return out
 
@@ -255,9 +247,7 @@ class TableStore:
         if not isinstance(ix, BTreeIndex):
             raise ConstraintViolation(f"index {self.name}.{index} is a hash index: no ranges")
         heads = self.heads
-        found = [
-            v for pk in ix.range_pks(lo, hi, lo_inc, hi_inc) if (v := heads[pk]).begin <= at
-        ]
+        found = [v for pk in ix.range_pks(lo, hi, lo_inc, hi_inc) if (v := heads[pk]).begin <= at]
         found.extend(
             v
             for _, v in self.history.ended_after(at)

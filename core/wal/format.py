@@ -87,7 +87,9 @@ class FrameError(Exception):
         self.reason = reason
 
 
-def iter_frames(data: bytes | memoryview, pos: int, expect: int) -> Iterator[tuple[int, bytes, int]]:
+def iter_frames(
+    data: bytes | memoryview, pos: int, expect: int
+) -> Iterator[tuple[int, bytes, int]]:
     """Yield (offset, payload, end position) from ``pos``; raise FrameError at damage."""
     end = len(data)
     mv = memoryview(data)

@@ -115,7 +115,7 @@ class WalWriter:
                     continue
                 if closing and batch is None:
                     return
-        except BaseException as e:  # noqa: BLE001 - any failure must stop the writer
+        except BaseException as e:
             self.failed = e
             log.critical("write-ahead log failed, refusing all further writes: %r", e)
             self._on_failure(e)
