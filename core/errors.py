@@ -82,3 +82,15 @@ class CorruptionError(StoreError):
 
 class StoreClosed(StoreError):
     code = "store_closed"
+
+
+class SqlError(StoreError):
+    """A query is malformed or refers to unknown tables/columns."""
+
+    code = "sql_error"
+
+
+class UnsupportedSql(SqlError):
+    """A query uses SQL outside the supported subset; the message names the construct."""
+
+    code = "unsupported_sql"
