@@ -58,6 +58,14 @@ _ARITH: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
+_SCALAR: dict[str, Callable[[Any], Any]] = {
+    "lower": str.lower,
+    "upper": str.upper,
+    "length": len,
+    "abs": abs,
+}
+
+
 def like_regex(pattern: str, case_insensitive: bool) -> re.Pattern[str]:
     out = []
     i = 0
@@ -248,12 +256,7 @@ def compile_expr(e: ir.Expr) -> Fn:
                 return None
 
             return coalesce
-        one: Callable[[Any], Any] | None = {
-            "lower": str.lower,
-            "upper": str.upper,
-            "length": len,
-            "abs": abs,
-        }.get(name)
+        one = _SCALAR.get(name)
         if one is None or len(fs) != 1:
             raise UnsupportedSql(f"function {name}()")
         f0 = fs[0]
