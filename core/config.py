@@ -2,6 +2,7 @@
 
 ``durability``: ``durable`` (default; ack after fsync, group commit), ``interval`` (fsync
 every ``interval_ms``; acks do not wait), ``none`` (memory only: nothing is written).
+Without a data directory the default is ``none``; with one it is ``durable``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ Durability = Literal["durable", "interval", "none"]
 @dataclass
 class StoreConfig:
     data_dir: Path | None = None
-    durability: Durability = "durable"
+    durability: Durability = None  # type: ignore[assignment]  # resolved in __post_init__
     interval_ms: int = 10
     history_commits: int = 10_000
     snapshot_every: int = 100_000
@@ -24,6 +25,8 @@ class StoreConfig:
     segment_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        if self.durability is None:
+            self.durability = "durable" if self.data_dir is not None else "none"
         if self.durability not in ("durable", "interval", "none"):
             raise ValueError(f"unknown durability policy {self.durability!r}")
         if self.data_dir is not None:
