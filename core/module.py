@@ -175,14 +175,12 @@ def bind_arguments(rdef: ReducerDef, args: Any) -> list[Any]:
     if args is None:
         args = {}
     if isinstance(args, Mapping):
-        out = []
-        for p in params:
-            v = args.get(p.name, _MISSING)
-            out.append(_one(rdef, p, v))
-        if len(args) > len(params) or any(k not in {p.name for p in params} for k in args):
-            unknown = sorted(str(k) for k in args if k not in {p.name for p in params})
-            if unknown:
-                raise ArgumentError(f"reducer {rdef.name!r}: unknown argument(s) {unknown}")
+        out = [_one(rdef, p, args.get(p.name, _MISSING)) for p in params]
+        known = sum(1 for p in params if p.name in args)
+        if known != len(args):
+            names = {p.name for p in params}
+            unknown = sorted(str(k) for k in args if k not in names)
+            raise ArgumentError(f"reducer {rdef.name!r}: unknown argument(s) {unknown}")
         return out
     if isinstance(args, list | tuple):
         if len(args) > len(params):

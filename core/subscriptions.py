@@ -53,6 +53,7 @@ class Instance:
         self.routes: list[tuple[str, int, Any]] = []
         self.broadcast: list[str] = []
         self.seq = 0
+        self.thaw = any(s.has_json for s in circuit.sources)
 
 
 class Subscription:
@@ -69,7 +70,8 @@ class Subscription:
 
     def rows(self) -> list[tuple]:
         """The current result (integrated view), rows repeated by multiplicity."""
-        return [thaw(r) for r in expand(self.instance.view)[0]]
+        rows = expand(self.instance.view)[0]
+        return [thaw(r) for r in rows] if self.instance.thaw else rows
 
     def __repr__(self) -> str:
         return f"Subscription({self.id}, {self.sql!r})"
@@ -195,6 +197,8 @@ class SubscriptionManager:
                             s = vmap.get(r[col])
                             if s:
                                 hit |= s
+        if len(hit) == 1:
+            return list(hit)
         return sorted(hit, key=lambda i: i.seq)
 
     def _on_commit(self, cs: Changeset) -> None:
@@ -209,7 +213,10 @@ class SubscriptionManager:
                     continue
                 zmerge(inst.view, d)
                 ins, dels = expand(d)
-                delta = Delta([thaw(r) for r in ins], [thaw(r) for r in dels])
+                if inst.thaw:
+                    ins = [thaw(r) for r in ins]
+                    dels = [thaw(r) for r in dels]
+                delta = Delta(ins, dels)
                 for sub in inst.subs:
                     updates[sub] = delta
         finally:

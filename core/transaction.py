@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import ConstraintViolation, NoSuchTable, StoreError
 from core.storage.table import TableStore, Touched
-from core.types import check
+from core.types import CHECKERS, check
 
 if TYPE_CHECKING:
     from core.database import Database
@@ -70,6 +70,7 @@ class TableHandle:
         self._cols = [
             (
                 c.name,
+                CHECKERS[c.type],
                 c.type,
                 c.nullable,
                 c.has_default,
@@ -91,7 +92,17 @@ class TableHandle:
         store = self._store
         out: list[Any] = []
         used = 0
-        for name, ctype, nullable, has_default, default, auto_inc, pos, where in self._cols:
+        for (
+            name,
+            checker,
+            ctype,
+            nullable,
+            has_default,
+            default,
+            auto_inc,
+            pos,
+            where,
+        ) in self._cols:
             v = values.get(name, _MISSING)
             if v is _MISSING:
                 if auto_inc and fill_seq:
@@ -107,7 +118,15 @@ class TableHandle:
                 if v is None and auto_inc and fill_seq:
                     v = self._next_seq(tx, pos)
                 else:
-                    v = check(ctype, nullable, v, where)
+                    if v is None:
+                        if not nullable:
+                            check(ctype, nullable, v, where)  # raises the NOT NULL error
+                    else:
+                        try:
+                            v = checker(v)
+                        except (TypeError, ValueError):
+                            check(ctype, nullable, v, where)  # raises the typed error
+                            raise
                     if auto_inc and fill_seq:
                         seqs = store.sequences
                         if v > seqs[pos]:

@@ -58,7 +58,7 @@ class Aggregate(Operator):
             if not self.global_:
                 return None
             g = _Group([f() for f in self.factories])
-        return gk + tuple(a.value() for a in g.accs)
+        return gk + tuple([a.value() for a in g.accs])
 
     def init(self, full: list[ZSet]) -> ZSet:
         self._apply(full[0] or {}, {})

@@ -37,6 +37,10 @@ def null_key(k: Any) -> bool:
 def group(delta: ZSet | None, key: KeyFn) -> Index:
     out: Index = {}
     if delta:
+        if len(delta) == 1:
+            for r, w in delta.items():
+                k = key(r)
+                return {} if null_key(k) else {k: {r: w}}
         for r, w in delta.items():
             k = key(r)
             if not null_key(k):
@@ -197,10 +201,10 @@ class StoreSide(Side):
         return [freeze_row(r) for r in out] if self.freeze else out
 
     def new(self, k: Any) -> Iterator[tuple[tuple, int]]:
-        return ((r, 1) for r in self._current(k))
+        return iter([(r, 1) for r in self._current(k)])
 
     def old(self, k: Any) -> Iterator[tuple[tuple, int]]:
-        d = self.pending.get(k)
+        d = self.pending.get(k) if self.pending else None
         if not d:
             return self.new(k)
         cur: ZSet = {r: 1 for r in self._current(k)}

@@ -11,17 +11,20 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Any
 
+import msgspec
+
 LIVE = 2**63 - 1
 
 
-class Version:
-    __slots__ = ("begin", "end", "older", "row")
+class Version(msgspec.Struct, gc=False):
+    """Not tracked by the cycle collector: version chains never form cycles, and with
+    millions of rows resident a tracked object per row makes every full collection walk
+    the whole table."""
 
-    def __init__(self, row: tuple[Any, ...], begin: int) -> None:
-        self.row = row
-        self.begin = begin
-        self.end = LIVE
-        self.older: Version | None = None
+    row: tuple[Any, ...]
+    begin: int
+    end: int = LIVE
+    older: Version | None = None
 
     def __repr__(self) -> str:
         end = "live" if self.end == LIVE else self.end

@@ -1,0 +1,62 @@
+"""Ad-hoc SQL queries against a database: lower, pick the snapshot, execute, describe.
+
+``run_query`` reads one MVCC snapshot: the point named by ``FOR SYSTEM_TIME AS OF`` (an
+offset or a timestamp) when the query has one, else the newest visible offset. The
+snapshot is always closed before returning, so a query never holds back garbage
+collection. System tables (``TableDef.system``) are invisible to SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.schema import TableDef
+from core.sql.executor import execute_plan
+from core.sql.lower import lower_sql
+
+if TYPE_CHECKING:
+    from core.database import Database
+    from core.reads import ReadSnapshot
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    types: list[str | None]  # ColumnType values; None where the type is unknown
+    rows: list[tuple]
+    offset: int  # the offset of the snapshot the rows were read from
+
+
+def run_query(
+    db: Database, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+) -> QueryResult:
+    """Run one read-only query; raises ``SqlError``/``UnsupportedSql`` for bad SQL."""
+
+    def lookup(name: str) -> TableDef | None:
+        store = db.stores.get(name)
+        if store is None or store.tdef.system:
+            return None
+        return store.tdef
+
+    q = lower_sql(sql, params, lookup)
+    snap: ReadSnapshot
+    if q.as_of_offset is not None:
+        snap = db.as_of(offset=q.as_of_offset)
+    elif q.as_of_timestamp is not None:
+        snap = db.as_of(timestamp=q.as_of_timestamp)
+    else:
+        snap = db.snapshot()
+    try:
+        rows = execute_plan(q.root, snap)
+        offset = snap.offset
+    finally:
+        snap.close()
+    cols = q.root.columns
+    return QueryResult(
+        columns=[c.name for c in cols],
+        types=[c.type.value if c.type is not None else None for c in cols],
+        rows=rows,
+        offset=offset,
+    )
