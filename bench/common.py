@@ -148,6 +148,36 @@ def settle() -> None:
     gc.collect()
 
 
+@contextlib.contextmanager
+def gc_paused(enabled: bool = True) -> Iterator[None]:
+    """Collect, freeze the survivors and switch the cyclic GC off for the block (then undo).
+
+    With many objects resident a full collection takes long enough to dominate tail
+    latencies of µs-scale operations; benches that use this must say so in their output.
+    ``enabled=False`` leaves the collector alone (to measure with it running).
+    """
+    if not enabled:
+        yield
+        return
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
+def full_gc_pause_s() -> float:
+    """The duration of one full ``gc.collect()`` with what is resident now."""
+    t0 = time.perf_counter()
+    gc.collect()
+    return time.perf_counter() - t0
+
+
 # ---------------------------------------------------------------- statistics
 
 
@@ -166,6 +196,14 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return percentile(values, 50.0)
+
+
+def count_label(n: int) -> str:
+    """A short label for a size in figure names: 1000 -> '1k', 10**6 -> '1m', 1500 -> '1500'."""
+    for div, suffix in ((1_000_000_000, "g"), (1_000_000, "m"), (1_000, "k")):
+        if n >= div and n % div == 0:
+            return f"{n // div}{suffix}"
+    return str(n)
 
 
 # ---------------------------------------------------------------- environment
@@ -199,6 +237,14 @@ def environment(data_base: Path | None) -> dict[str, Any]:
         "data_dir_base": str(base),
         "data_dir_fs": fs_type(base),
     }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (other work competing for the CPUs), if known."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def rss_bytes() -> int:

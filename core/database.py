@@ -38,7 +38,7 @@ from core.errors import (
 )
 from core.module import Module, ReducerFn, bind_arguments
 from core.reads import ReadSnapshot
-from core.recovery import RecoveredState, recover
+from core.recovery import RecoveredState, recover, retained_from
 from core.scheduler import SCHEDULE_TABLE, Scheduler
 from core.schema import ColumnDef, ReducerDef, TableDef, to_builtins
 from core.snapshot import TableImage, list_snapshots, write_snapshot
@@ -488,6 +488,15 @@ class Database:
         cfg = self.config
         if cfg.data_dir is None or self._wal is None:
             raise HistoryUnavailable("this store keeps no log: only in-memory history")
+        oldest_off, oldest_ts = retained_from(cfg.data_dir)
+        if (offset is not None and offset < oldest_off) or (
+            timestamp is not None and timestamp < oldest_ts
+        ):
+            point = f"offset {offset}" if offset is not None else f"timestamp {timestamp}"
+            raise HistoryUnavailable(
+                f"{point} is no longer retained: the oldest snapshot is at offset {oldest_off}"
+                " and the log before it was pruned"
+            )
         t0 = time.perf_counter()
         state = recover(
             cfg.data_dir, repair=False, keep_history=False, stop_offset=offset, stop_ts=timestamp

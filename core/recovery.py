@@ -21,7 +21,7 @@ import msgspec
 
 from core.errors import CorruptionError
 from core.schema import table_from_builtins
-from core.snapshot import SnapshotReader, list_snapshots
+from core.snapshot import SnapshotReader, list_snapshots, snapshot_point
 from core.storage.table import TableStore
 from core.wal.format import (
     DECODER,
@@ -43,6 +43,18 @@ def list_segments(wal_dir: Path) -> list[tuple[int, Path]]:
     segs = [(int(p.stem), p) for p in wal_dir.iterdir() if p.suffix == ".wal" and p.stem.isdigit()]
     segs.sort()
     return segs
+
+
+def retained_from(data_dir: Path) -> tuple[int, int]:
+    """(offset, timestamp) of the oldest point the files can rebuild: (0, 0) when the log
+    still starts at offset 1, else the oldest snapshot's point."""
+    segs = list_segments(data_dir / "wal")
+    if segs and segs[0][0] == 1:
+        return 0, 0
+    snaps = list_snapshots(data_dir / "snapshots")
+    if not snaps:
+        return (segs[0][0] - 1, 0) if segs else (0, 0)
+    return snapshot_point(snaps[-1][1])
 
 
 class RecoveredState:
@@ -216,6 +228,8 @@ def recover(
     expect = None
     done = False
     times: list[tuple[int, int]] = []
+    if state.offset > 0:
+        times.append((state.offset, state.timestamp))
     for i in range(start, len(segments)):
         first, path = segments[i]
         is_last = i == len(segments) - 1

@@ -73,11 +73,13 @@ class TableDef(msgspec.Struct, frozen=True, omit_defaults=True):
             if c.name in seen:
                 raise SchemaError(f"table {self.name!r}: duplicate column {c.name!r}")
             seen.add(c.name)
+            if c.has_default and c.default is None and not c.nullable:
+                raise SchemaError(f"{self.name}.{c.name}: NOT NULL column with a NULL default")
             if c.auto_inc and c.type != ColumnType.INT64:
                 raise SchemaError(
                     f"{self.name}.{c.name}: auto_inc needs an int64 column, not {c.type.value}"
                 )
-            if c.has_default and c.default is not None:
+            if c.has_default:
                 check(c.type, c.nullable, c.default, f"{self.name}.{c.name} default")
         if not self.primary_key:
             raise SchemaError(f"table {self.name!r} needs a primary key")

@@ -56,6 +56,16 @@ def list_snapshots(snap_dir: Path) -> list[tuple[int, Path]]:
     return out
 
 
+def snapshot_point(path: Path) -> tuple[int, int]:
+    """(offset, timestamp) from a snapshot's header (not a validity check)."""
+    with open(path, "rb") as f:
+        head = f.read(_HEAD.size)
+    if len(head) < _HEAD.size:
+        return 0, 0
+    _, offset, ts = _HEAD.unpack(head)
+    return int(offset), int(ts)
+
+
 class TableImage:
     """One table's part of a snapshot, as captured on the writer's thread."""
 

@@ -49,9 +49,14 @@ def _int64(v: Any) -> int:
 def _float64(v: Any) -> float:
     t = type(v)
     if t is float:
+        if v != v:
+            raise ValueError("NaN is not allowed (it equals nothing, so no index can hold it)")
         return v
     if t is int:
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            raise ValueError("out of float64 range") from None
     raise TypeError
 
 

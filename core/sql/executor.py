@@ -163,8 +163,9 @@ def _candidates(t: SnapshotTable, cond: _Conditions) -> Iterable[Row]:
     if len(pk) == 1 and pk[0] in cond.in_lists:
         found = (t.get(v) for v in cond.in_lists[pk[0]])
         return [r for r in found if r is not None]
-    # 2. every column of a secondary index by equality / IS NULL (unique indexes first)
-    indexes = sorted(tdef.indexes, key=lambda ix: not ix.unique)
+    # 2. every column of a secondary index by equality / IS NULL (unique indexes first,
+    # then those with more columns: they match fewer rows)
+    indexes = sorted(tdef.indexes, key=lambda ix: (not ix.unique, -len(ix.columns)))
     for ix in indexes:
         cols = [pos[c] for c in ix.columns]
         if all(p in eq for p in cols):

@@ -15,10 +15,15 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import Any
 
+import msgspec
+
 from core.errors import ConstraintViolation
 from core.schema import TableDef
 from core.storage.indexes import BTreeIndex, HashIndex, Index, make_index
 from core.storage.versions import LIVE, History, Version
+from core.types import ColumnType
+
+_JSON = msgspec.json.Encoder()
 
 Touched = dict[Any, Version | None]
 
@@ -115,7 +120,7 @@ class TableStore:
             final = heads.get(pk)
             if final is orig:
                 continue
-            if orig is not None and final is not None and orig.row == final.row:
+            if orig is not None and final is not None and self._same(orig.row, final.row):
                 heads[pk] = orig  # net no-op update: keep the old version, no delta
                 continue
             if orig is not None:
@@ -128,6 +133,15 @@ class TableStore:
                 final.older = orig if orig is not None else self.tombstones.pop(pk, None)
                 inserts.append(final.row)
         return inserts, deletes
+
+    def _same(self, a: tuple, b: tuple) -> bool:
+        """Row equality that also tells json ``1``, ``1.0`` and ``true`` apart."""
+        if a != b:
+            return False
+        for i in self._json_cols:
+            if _JSON.encode(a[i]) != _JSON.encode(b[i]):
+                return False
+        return True
 
     def gc(self, horizon: int) -> int:
         """Forget superseded versions no reader at ``>= horizon`` can see; returns count."""
