@@ -10,12 +10,13 @@ from sortedcontainers import SortedList
 
 
 class MinMax:
-    __slots__ = ("counts", "is_max", "order")
+    __slots__ = ("counts", "ext", "is_max", "order")
 
     def __init__(self, is_max: bool) -> None:
         self.is_max = is_max
         self.counts: dict[Any, int] = {}
         self.order = SortedList()
+        self.ext: Any = None  # the current extreme, kept so reads cost nothing
 
     def add(self, v: Any, w: int) -> None:
         if v is None:
@@ -26,11 +27,15 @@ class MinMax:
             self.counts[v] = n
             if c == 0:
                 self.order.add(v)
+                ext = self.ext
+                if ext is None or (v > ext if self.is_max else v < ext):
+                    self.ext = v
         else:
             del self.counts[v]
             self.order.remove(v)
+            if v == self.ext:
+                order = self.order
+                self.ext = (order[-1] if self.is_max else order[0]) if order else None
 
     def value(self) -> Any:
-        if not self.order:
-            return None
-        return self.order[-1] if self.is_max else self.order[0]
+        return self.ext

@@ -37,11 +37,12 @@ def _factory(a: ir.AggCall) -> Callable[[], Any]:
 
 
 class _Group:
-    __slots__ = ("accs", "n")
+    __slots__ = ("accs", "n", "out")
 
     def __init__(self, accs: list[Any]) -> None:
         self.n = 0
         self.accs = accs
+        self.out: tuple | None = None  # the group's current output row (cached)
 
 
 class Aggregate(Operator):
@@ -60,11 +61,16 @@ class Aggregate(Operator):
             g = _Group([f() for f in self.factories])
         return gk + tuple([a.value() for a in g.accs])
 
+    def _current(self, gk: tuple, g: _Group | None) -> tuple | None:
+        if g is None or g.out is None:
+            return self._row(gk, g)
+        return g.out
+
     def init(self, full: list[ZSet]) -> ZSet:
         self._apply(full[0] or {}, {})
         out: ZSet = {}
         for gk, g in self.groups.items():
-            row = self._row(gk, g)
+            row = g.out = self._row(gk, g)
             assert row is not None
             out[row] = 1
         if self.global_ and not self.groups:
@@ -79,7 +85,7 @@ class Aggregate(Operator):
             gk = gkey(r)
             g = groups.get(gk)
             if gk not in touched:
-                touched[gk] = self._row(gk, g)
+                touched[gk] = self._current(gk, g)
             if g is None:
                 g = groups[gk] = _Group([f() for f in self.factories])
             g.n += w
@@ -95,8 +101,12 @@ class Aggregate(Operator):
         touched: dict[Any, tuple | None] = {}
         self._apply(d, touched)
         out: ZSet = {}
+        groups = self.groups
         for gk, old in touched.items():
-            new = self._row(gk, self.groups.get(gk))
+            g = groups.get(gk)
+            new = self._row(gk, g)
+            if g is not None:
+                g.out = new
             if old != new:
                 if old is not None:
                     zadd(out, old, -1)

@@ -45,6 +45,7 @@ class TableStore:
         self._index_list = list(self.indexes.values())
         self._unique = [ix for ix in self._index_list if ix.unique]
         self.sequences: dict[int, int] = {i: 0 for i, c in enumerate(tdef.columns) if c.auto_inc}
+        self._json_cols = [i for i, c in enumerate(tdef.columns) if c.type == ColumnType.JSON]
 
     # ---- writer operations (inside a transaction; ``touched`` is the tx's record) ----
 
@@ -138,10 +139,7 @@ class TableStore:
         """Row equality that also tells json ``1``, ``1.0`` and ``true`` apart."""
         if a != b:
             return False
-        for i in self._json_cols:
-            if _JSON.encode(a[i]) != _JSON.encode(b[i]):
-                return False
-        return True
+        return all(_JSON.encode(a[i]) == _JSON.encode(b[i]) for i in self._json_cols)
 
     def gc(self, horizon: int) -> int:
         """Forget superseded versions no reader at ``>= horizon`` can see; returns count."""
