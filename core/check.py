@@ -40,6 +40,9 @@ def _snapshots(d: Path, r: CheckReport) -> None:
         else sorted(p for p in (d / "snapshots").iterdir() if p.suffix == ".snap")
     )
     for p in snaps:
+        if p.name.startswith(".tmp-"):
+            r.lines.append(f"ignored  {p}: unfinished snapshot (never loaded)")
+            continue
         try:
             meta = SnapshotReader(p).verify()
             rows = sum(meta["counts"].values())
@@ -58,8 +61,12 @@ def _segments(d: Path, r: CheckReport) -> None:
         try:
             hdr = parse_segment_header(data)
         except ValueError as e:
-            r.damaged += 1
-            r.lines.append(f"DAMAGED  {p} at byte 0: {e}")
+            if last_seg and len(data) <= SEGMENT_HEADER_SIZE:
+                r.torn += 1
+                r.lines.append(f"TORN     {p} at byte 0: {e} (torn header; removed on next open)")
+            else:
+                r.damaged += 1
+                r.lines.append(f"DAMAGED  {p} at byte 0: {e}")
             expect = None
             continue
         if hdr != first:

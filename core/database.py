@@ -515,6 +515,9 @@ class Database:
 
     def capture(self) -> tuple[int, int, list[TableImage]]:
         """The visible state as table images (on the writer's thread; cheap copy of refs)."""
+        if self._wal is not None and self.config.durability == "durable":
+            # sequences are not versioned: capture only when visible_offset == offset
+            self.gate.wait(self.offset, timeout=60)
         at = self.visible_offset
         ts = self.timestamp_of(at) if at > 0 else 0
         images = [

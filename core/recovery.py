@@ -109,11 +109,15 @@ def load_snapshot(state: RecoveredState, reader: SnapshotReader, meta: dict[str,
 
 
 def _choose_snapshot(
-    data_dir: Path, state: RecoveredState, stop_offset: int | None, stop_ts: int | None
+    data_dir: Path,
+    state: RecoveredState,
+    stop_offset: int | None,
+    stop_ts: int | None,
+    repair: bool = False,
 ) -> list[Path]:
     """Load the newest usable snapshot into ``state``; returns the damaged ones skipped."""
     skipped: list[Path] = []
-    for offset, path in list_snapshots(data_dir / "snapshots"):
+    for offset, path in list_snapshots(data_dir / "snapshots", remove_tmp=repair):
         if stop_offset is not None and offset > stop_offset:
             continue
         reader = SnapshotReader(path)
@@ -167,6 +171,12 @@ def _damage(
             f"log segment {path} at byte {fe.pos}: {fe.reason}, but a valid commit follows"
             f" at byte {later}: damage before the tail, refusing to start"
         )
+    if expect <= state.snapshot_offset:
+        raise CorruptionError(
+            f"log segment {path} at byte {fe.pos}: {fe.reason}; commit {expect} is covered by"
+            f" snapshot {state.snapshot_path}, so it was durable: not a torn write, refusing"
+            " to start"
+        )
     msg = (
         f"log segment {path}: torn tail at byte {fe.pos} ({fe.reason}); the"
         f" {len(data) - fe.pos} bytes after the last complete commit {expect - 1}"
@@ -202,7 +212,7 @@ def recover(
     t_start = time.perf_counter()
     state = RecoveredState()
     wal_dir = data_dir / "wal"
-    skipped = _choose_snapshot(data_dir, state, stop_offset, stop_ts)
+    skipped = _choose_snapshot(data_dir, state, stop_offset, stop_ts, repair)
     base = state.snapshot_offset
     segments = list_segments(wal_dir)
     state.segments = segments
@@ -237,11 +247,14 @@ def recover(
         try:
             hdr_first = parse_segment_header(data)
         except ValueError as e:
-            if is_last and repair and len(data) <= SEGMENT_HEADER_SIZE:
-                msg = f"log segment {path} has a torn header ({e}); removing it"
+            if is_last and len(data) <= SEGMENT_HEADER_SIZE:
+                msg = f"log segment {path} has a torn header ({e}); " + (
+                    "removing it" if repair else "it would be removed on open"
+                )
                 log.warning(msg)
                 state.warnings.append(msg)
-                path.unlink()
+                if repair:
+                    path.unlink()
                 segments = segments[:i]
                 break
             raise CorruptionError(f"log segment {path} at byte 0: {e}") from None

@@ -41,15 +41,20 @@ def snapshot_name(offset: int) -> str:
     return f"{offset:020d}.snap"
 
 
-def list_snapshots(snap_dir: Path) -> list[tuple[int, Path]]:
-    """(offset, path) of every finished snapshot file, newest first; temp files removed."""
+def list_snapshots(snap_dir: Path, remove_tmp: bool = False) -> list[tuple[int, Path]]:
+    """(offset, path) of every finished snapshot file, newest first.
+
+    Unfinished temp files are never listed; they are deleted only with ``remove_tmp``
+    (the repairing open), never by read-only callers: one may be a snapshot in progress.
+    """
     out: list[tuple[int, Path]] = []
     if not snap_dir.exists():
         return out
     for p in snap_dir.iterdir():
         if p.name.startswith(".tmp-"):
-            log.warning("removing unfinished snapshot %s", p)
-            p.unlink()
+            if remove_tmp:
+                log.warning("removing unfinished snapshot %s", p)
+                p.unlink(missing_ok=True)
         elif p.suffix == ".snap" and p.stem.isdigit():
             out.append((int(p.stem), p))
     out.sort(reverse=True)
