@@ -22,7 +22,7 @@ log = logging.getLogger("voicehub")
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="open the store and serve it",
+        help="serve HTTP and WebSocket on one port",
         description="Run voicehub. Every flag can also be set by the environment variable"
         " VOICEHUB_<FLAG> (e.g. VOICEHUB_PORT) or a key of the TOML --config file.",
     )
@@ -48,6 +48,24 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         dest="modules",
         metavar="PATH",
         help="a user module (Python file or importable name); repeatable",
+    )
+    p.add_argument(
+        "--idempotency-window-s",
+        type=float,
+        help="seconds a call's outcome is kept under its request id (default 300)",
+    )
+    p.add_argument(
+        "--session-ttl-s", type=float, help="seconds an unused session stays resumable (86400)"
+    )
+    p.add_argument(
+        "--send-queue-limit",
+        type=int,
+        help="messages queued per connection before a slow reader is disconnected (4096)",
+    )
+    p.add_argument(
+        "--shutdown-timeout-s",
+        type=float,
+        help="graceful shutdown: seconds to drain calls and send queues (default 10)",
     )
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
@@ -84,25 +102,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: app.Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    """Open the store, serve until SIGINT/SIGTERM, drain, close with a final snapshot."""
+    from voicehub.server import bind, make_server
+
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as e:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, e)
+        return 1
     try:
         node = app.open_node(settings)
     except app.StartupError as e:
         log.error("%s", e)
+        sock.close()
         return 1
     await node.start()
+    server = make_server(node.app, node.hub, settings.log_level)
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if server.should_exit:
+            server.force_exit = True
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     log.info(
-        "voicehub store open at %s (offset %d, durability %s); stop with Ctrl-C",
+        "voicehub serving http://%s:%d (store %s at offset %d, durability %s); stop with Ctrl-C",
+        settings.host,
+        sock.getsockname()[1],
         settings.data_dir,
         node.db.offset,
         settings.durability,
     )
-    await stop.wait()
-    log.info("shutting down: draining and writing a snapshot")
-    await node.stop()
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        log.info("shutting down: writing a snapshot")
+        await node.stop()
+        sock.close()
     return 0
 
 

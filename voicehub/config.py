@@ -24,17 +24,29 @@ class Settings:
     snapshot_every: int = 100_000
     modules: list[str] = field(default_factory=list)
     log_level: str = "info"
+    idempotency_window_s: float = 300.0
+    session_ttl_s: float = 86_400.0
+    send_queue_limit: int = 4096
+    shutdown_timeout_s: float = 10.0
 
 
 ENV_PREFIX = "VOICEHUB_"
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("port", "interval_ms", "history_commits", "snapshot_every"):
+    if name in ("port", "interval_ms", "history_commits", "snapshot_every", "send_queue_limit"):
         try:
             return int(value)
         except (TypeError, ValueError):
             raise ValueError(f"setting {name!r} must be an integer, got {value!r}") from None
+    if name in ("idempotency_window_s", "session_ttl_s", "shutdown_timeout_s"):
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"setting {name!r} must be a number, got {value!r}") from None
+        if f <= 0:
+            raise ValueError(f"setting {name!r} must be positive, got {value!r}")
+        return f
     if name == "data_dir":
         return Path(value)
     if name == "modules":

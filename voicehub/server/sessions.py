@@ -1,0 +1,183 @@
+"""Durable sessions: tokens, identities, remembered subscriptions, and resume catch-up.
+
+A session is a row of ``__sessions__`` (keyed by the SHA-256 of its token, so neither the
+store nor the log holds a usable secret) plus one ``__session_subs__`` row per live
+subscription, written before the client hears ``subscribed`` and deleted before it hears
+``unsubscribed``. Every change is a commit, so sessions survive graceful restarts and
+``kill -9`` alike.
+
+Resume: a client that presents its token and the last offset ``K`` it saw gets, for every
+remembered subscription it had at ``K``, the *net* difference between the result at ``K``
+(an MVCC read, from memory or from snapshots + the log) and the result now, as one
+``tx_update`` flagged ``catch_up`` - no gap and no duplicate, though intermediate states
+are folded. Subscriptions it had not yet seen at ``K`` arrive as fresh ``subscribed``.
+If ``K`` is no longer readable, every subscription arrives fresh and the session says
+``resumed: false``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.database import Database
+from core.errors import HistoryUnavailable, StoreError
+from core.reads import ReadSnapshot
+from core.sql.executor import execute_plan
+from core.subscriptions import SubscriptionManager
+from voicehub.server.calls import request_key
+from voicehub.server.codec import row_key
+from voicehub.server.system import SESSION_SUBS, SESSIONS, latest
+
+log = logging.getLogger("voicehub.server.sessions")
+
+
+@dataclass
+class SubSpec:
+    query_id: Any
+    sql: str
+    params: Any
+    since: int
+
+    @property
+    def key(self) -> str:
+        return request_key(self.query_id)
+
+
+@dataclass
+class SessionRecord:
+    token_hash: str
+    identity: str
+    last_offset: int = 0
+    subs: dict[str, SubSpec] = field(default_factory=dict)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SessionStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self) -> tuple[str, SessionRecord, int]:
+        """A new session: (token, record, offset of the commit that stored it)."""
+        token = secrets.token_urlsafe(32)
+        rec = SessionRecord(token_hash(token), secrets.token_hex(32))
+        res = self.db.execute(
+            "voicehub_session_open", {"token_hash": rec.token_hash, "identity": rec.identity}
+        )
+        return token, rec, res.offset
+
+    def load(self, token: str) -> SessionRecord | None:
+        h = token_hash(token)
+        row: Any = latest(self.db.stores, SESSIONS).get(h)
+        if row is None:
+            return None
+        rec = SessionRecord(h, row.identity, row.last_offset)
+        subs: list[Any] = latest(self.db.stores, SESSION_SUBS).lookup("by_session", h)
+        for s in sorted(subs, key=lambda s: s.since):
+            spec = SubSpec(s.query_id, s.sql, s.params, s.since)
+            rec.subs[spec.key] = spec
+        return rec
+
+    def identity_of(self, token: str) -> str | None:
+        row: Any = latest(self.db.stores, SESSIONS).get(token_hash(token))
+        return None if row is None else row.identity
+
+    def reopen(self, rec: SessionRecord) -> int:
+        res = self.db.execute(
+            "voicehub_session_open", {"token_hash": rec.token_hash, "identity": rec.identity}
+        )
+        return res.offset
+
+    def seen(self, rec: SessionRecord, last_offset: int) -> None:
+        rec.last_offset = max(rec.last_offset, last_offset)
+        self.db.execute(
+            "voicehub_session_seen", {"token_hash": rec.token_hash, "last_offset": last_offset}
+        )
+
+    def put_sub(self, rec: SessionRecord, spec: SubSpec) -> int:
+        res = self.db.execute(
+            "voicehub_sub_put",
+            {
+                "token_hash": rec.token_hash,
+                "query_key": spec.key,
+                "query_id": spec.query_id,
+                "sql": spec.sql,
+                "params": spec.params,
+                "since": spec.since,
+            },
+        )
+        rec.subs[spec.key] = spec
+        return res.offset
+
+    def drop_sub(self, rec: SessionRecord, key: str) -> int:
+        rec.subs.pop(key, None)
+        res = self.db.execute("voicehub_sub_drop", {"token_hash": rec.token_hash, "query_key": key})
+        return res.offset
+
+
+# ---------------------------------------------------------------- catch-up
+
+
+async def rows_at(
+    db: Database, mgr: SubscriptionManager, specs: list[SubSpec], offset: int
+) -> dict[str, list[tuple]] | None:
+    """Each spec's result at ``offset`` (None if that offset is no longer readable).
+
+    In-memory history is read on the event loop; older points are rebuilt from snapshots
+    and the log on a worker thread (the rebuilt state is private to that thread).
+    """
+    plans = {}
+    for s in specs:
+        try:
+            plans[s.key] = mgr.compile(s.sql, s.params).root
+        except StoreError:
+            continue  # reported when the subscription is re-created
+    if not plans:
+        return {}
+    if offset > db.visible_offset or offset < 0:
+        return None
+    if offset >= db.history_floor:
+        with db.snapshot(offset) as snap:
+            return {k: execute_plan(p, snap) for k, p in plans.items()}
+
+    def from_disk() -> dict[str, list[tuple]]:
+        snap: ReadSnapshot = db.as_of(offset=offset)
+        try:
+            return {k: execute_plan(p, snap) for k, p in plans.items()}
+        finally:
+            snap.close()
+
+    try:
+        return await asyncio.to_thread(from_disk)
+    except HistoryUnavailable:
+        return None
+    except StoreError as e:
+        log.warning("catch-up read at offset %d failed: %s", offset, e)
+        return None
+
+
+def net_delta(now: list[tuple], then: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """(inserts, deletes) turning the multiset ``then`` into ``now``."""
+    left: Counter[bytes] = Counter()
+    sample: dict[bytes, tuple] = {}
+    for r in then:
+        k = row_key(r)
+        left[k] += 1
+        sample[k] = r
+    inserts = []
+    for r in now:
+        k = row_key(r)
+        if left[k] > 0:
+            left[k] -= 1
+        else:
+            inserts.append(r)
+    deletes = [sample[k] for k, n in left.items() for _ in range(n)]
+    return inserts, deletes
