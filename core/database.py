@@ -142,6 +142,7 @@ class Database:
             self.last_snapshot_offset = state.snapshot_offset
             if state.timestamps:
                 self._ts_base = state.timestamps[0][0]
+                self._horizon = self._ts_base
                 self._ts = [ts for _, ts in state.timestamps]
             else:
                 self._ts_base = self.offset + 1

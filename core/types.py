@@ -110,6 +110,8 @@ def _json(v: Any, depth: int = 0) -> Any:
         return v
     if t is list or t is tuple:
         return [_json(x, depth + 1) for x in v]
+    if isinstance(v, tuple) and hasattr(v, "_asdict"):  # a row: an object by column name
+        return _json(v._asdict(), depth)
     if t is dict:
         out = {}
         for k, x in v.items():
