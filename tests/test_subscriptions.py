@@ -149,9 +149,10 @@ def test_shared_arrangement_is_reference_counted() -> None:
     arrs = list(mgr.registry.arrangements.values())
     shared = [a for a in arrs if a.refs == 2]
     assert len(shared) == 1 and len(arrs) == 3
-    db.execute("say", [1, "t2"])  # new row for call 1 whose text matches call 2's row
-    assert sorted(s1.rows()) == [(2,), (4,)]
-    assert sorted(s2.rows()) == [(3,)]
+    db.execute("say", [1, "t2"])  # row 4 of call 1 has the text of call 2's row 3
+    # each `a` row joins every `b` row with its text, itself included
+    assert sorted(s1.rows()) == [(2,), (4,), (4,)]
+    assert sorted(s2.rows()) == [(3,), (3,)]
     mgr.unsubscribe(s1)
     assert shared[0].refs == 1 and len(mgr.registry.arrangements) == 2
     mgr.unsubscribe(s2)
