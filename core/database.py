@@ -66,6 +66,8 @@ MODULES_TABLE = TableDef(
 )
 
 Listener = Callable[[Changeset], None]
+Then = Callable[[ReducerContext, Any], None]
+"""Runs inside a call's transaction after the reducer returned (its writes commit with it)."""
 
 
 class CommitResult:
@@ -245,14 +247,23 @@ class Database:
     # ---------------------------------------------------------------- writing
 
     def execute(
-        self, reducer: str, args: Any = None, caller: str = SYSTEM_IDENTITY
+        self,
+        reducer: str,
+        args: Any = None,
+        caller: str = SYSTEM_IDENTITY,
+        then: Then | None = None,
     ) -> CommitResult:
-        """Run a reducer in one transaction and commit it (does not wait for durability)."""
+        """Run a reducer in one transaction and commit it (does not wait for durability).
+
+        ``then(ctx, value)``, if given, runs in the same transaction after the reducer
+        returned: the server records a call's request id this way, so the record commits
+        (or rolls back) together with the reducer's effects.
+        """
         entry = self.reducers.get(reducer)
         if entry is None or entry[0].kind != "reducer":
             raise NoSuchReducer(f"no reducer named {reducer!r}")
         rdef, fn = entry
-        return self._run(reducer, fn, bind_arguments(rdef, args), caller)
+        return self._run(reducer, fn, bind_arguments(rdef, args), caller, then=then)
 
     def call_sync(
         self, reducer: str, args: Any = None, caller: str = SYSTEM_IDENTITY
@@ -292,6 +303,7 @@ class Database:
         argv: list[Any],
         caller: str,
         schema: list[TableDef] | None = None,
+        then: Then | None = None,
     ) -> CommitResult:
         if self._closed:
             raise StoreClosed("the store is closed")
@@ -309,9 +321,12 @@ class Database:
         tx = Transaction(offset, ts, caller, name)
         self._tx = tx
         try:
-            value = fn(ReducerContext(self, tx), *argv)
+            ctx = ReducerContext(self, tx)
+            value = fn(ctx, *argv)
             if value is not None:
                 value = check(ColumnType.JSON, True, value, f"return value of {name!r}")
+            if then is not None:
+                then(ctx, value)
         except BaseException as e:
             self._tx = None
             tx.rollback()

@@ -1,8 +1,8 @@
 """The composition root: turns settings into a running node (store, modules, server).
 
 Only this module (and the CLI above it) wires the layers together: the server's own
-system module is installed first, user modules are wrapped so their calls can be
-idempotent (``voicehub.server.system``), and the hub and ASGI app sit on the database.
+system module is installed first, then the user modules, and the hub and ASGI app sit on
+the database.
 """
 
 from __future__ import annotations

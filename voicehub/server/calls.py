@@ -7,8 +7,8 @@
    ``request_id_conflict``;
 2. a request id whose earlier call failed inside the reducer -> the same error again
    (failures changed nothing, so they are remembered in memory only, for the window);
-3. otherwise the reducer runs with ``ServerSystem.pending`` set, so the wrapper writes the
-   outcome row in the reducer's own transaction.
+3. otherwise the reducer runs with an in-transaction hook (``record_request``) that writes
+   the outcome row in the reducer's own transaction.
 
 Invariant: a request id is never executed twice within the window, across reconnects and
 restarts, because the check and the commit happen with no ``await`` in between and the
@@ -30,7 +30,7 @@ from core.types import ColumnType
 from voicehub.server.codec import decode_bytes_arg
 from voicehub.server.errors import REMEMBERED_FAILURES, ApiError, ReplayedFailure
 from voicehub.server.settings import ServerConfig
-from voicehub.server.system import REQUESTS, PendingRequest, ServerSystem, latest
+from voicehub.server.system import REQUESTS, ServerSystem, latest, record_request
 
 
 class Outcome(NamedTuple):
@@ -80,15 +80,13 @@ class CallService:
                 self.replayed += 1
                 raise ReplayedFailure(*failed)
         args = self._convert(reducer, args)
-        self.system.pending = None if key is None else PendingRequest(identity, key, reducer)
+        then = None if key is None else record_request(identity, key)
         try:
-            res = self.db.execute(reducer, args, identity)
+            res = self.db.execute(reducer, args, identity, then=then)
         except StoreError as e:
             if key is not None and e.code in REMEMBERED_FAILURES:
                 self._remember(identity, key, e.code, e.message)
             raise
-        finally:
-            self.system.pending = None
         self.executed += 1
         return Outcome(res.offset, res.value, False)
 

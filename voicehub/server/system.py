@@ -8,27 +8,23 @@ Tables (``system=True``: invisible to SQL and subscriptions):
 * ``__sessions__`` token_hash -> identity, created/seen times, last offset delivered.
 * ``__session_subs__`` (token_hash, query_key) -> query_id, sql, params, since-offset.
 
-How a reducer's transaction learns its request id: reducers cannot call other reducers,
-so every user reducer is wrapped (``ServerSystem.wrap``) at installation. The server sets
-``pending`` right before the synchronous ``Database.execute`` and clears it right after;
-the wrapper, still inside the transaction, inserts the ``__requests__`` row after the
-reducer returned. Invariant: ``pending`` is only ever set around one ``execute`` on the
-event loop, and the wrapper checks the reducer name, so no other transaction (scheduled,
-lifecycle, internal) can pick it up. The WAL logs the row changes, so replay rebuilds the
-rows without re-running anything. The maintenance reducers are hidden from clients.
+A call's request id is recorded by ``record_request``, which the server passes to
+``Database.execute(..., then=...)``: it runs inside the reducer's own transaction after
+the reducer returned, so the ``__requests__`` row commits (or rolls back) together with
+the reducer's effects. The WAL logs the row changes, so replay rebuilds the rows without
+re-running anything. The maintenance reducers are hidden from clients.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from core.module import Module, ReducerFn, reducer_def_from_function
 from core.schema import ColumnDef, IndexDef, TableDef
 from core.storage.table import TableStore
 from core.transaction import ReducerContext
-from core.types import ColumnType, Identity, Timestamp, check
+from core.types import ColumnType, Identity, Timestamp
 
 REQUESTS = "__requests__"
 SESSIONS = "__sessions__"
@@ -89,12 +85,6 @@ SESSION_SUBS_TABLE = TableDef(
     public=False,
     system=True,
 )
-
-
-class PendingRequest(NamedTuple):
-    identity: str
-    key: str
-    reducer: str
 
 
 def _reducer(m: Module, name: str) -> Callable[[ReducerFn], ReducerFn]:
@@ -172,45 +162,31 @@ def build_module() -> Module:
 
 
 class ServerSystem:
-    """The server module, the hidden reducer names and the request-id side channel."""
+    """The server module and the names of its hidden maintenance reducers."""
 
     def __init__(self) -> None:
         self.module = build_module()
         self.hidden = frozenset(self.module.reducers)
-        self.pending: PendingRequest | None = None
 
     def modules(self, user: Iterable[Module]) -> list[Module]:
-        """What to install: this module first, then every user module with wrapped reducers."""
-        return [self.module, *(self.wrap(m) for m in user)]
+        """What to install: this module first, then every user module."""
+        return [self.module, *user]
 
-    def wrap(self, m: Module) -> Module:
-        """A copy of ``m`` whose callable reducers record their request id (see above)."""
-        w = Module(m.name)
-        w.tables = list(m.tables)
-        w.schedules = list(m.schedules)
-        for name, (rdef, fn) in m.reducers.items():
-            w.reducers[name] = (rdef, self._wrap_fn(fn) if rdef.kind == "reducer" else fn)
-        return w
 
-    def _wrap_fn(self, fn: ReducerFn) -> ReducerFn:
-        @functools.wraps(fn)
-        def reducer(ctx: ReducerContext, *args: Any) -> Any:
-            value = fn(ctx, *args)
-            p = self.pending
-            if p is not None and p.reducer == ctx.reducer:
-                self.pending = None
-                value = check(_T.JSON, True, value, f"return value of {ctx.reducer!r}")
-                ctx.db[REQUESTS].insert(
-                    identity=p.identity,
-                    request_key=p.key,
-                    reducer=p.reducer,
-                    commit_offset=ctx.offset,
-                    committed_at=ctx.timestamp,
-                    value=value,
-                )
-            return value
+def record_request(identity: str, key: str) -> Callable[[ReducerContext, Any], None]:
+    """An in-transaction hook that stores the call's outcome under its request id."""
 
-        return reducer
+    def record(ctx: ReducerContext, value: Any) -> None:
+        ctx.db[REQUESTS].insert(
+            identity=identity,
+            request_key=key,
+            reducer=ctx.reducer,
+            commit_offset=ctx.offset,
+            committed_at=ctx.timestamp,
+            value=value,
+        )
+
+    return record
 
 
 def latest(stores: dict[str, TableStore], name: str) -> TableStore:
