@@ -48,13 +48,24 @@ def _mod(a: Any, b: Any) -> Any:
     return math.fmod(a, b)
 
 
+def sql_text(v: Any) -> str:
+    """A value as PostgreSQL prints it in text: true/false, 2 for 2.0."""
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if type(v) is float and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return str(v)
+
+
 _ARITH: dict[str, Callable[[Any, Any], Any]] = {
     "+": operator.add,
     "-": operator.sub,
     "*": operator.mul,
     "/": _div,
     "%": _mod,
-    "||": lambda a, b: f"{a}{b}",
+    "||": lambda a, b: sql_text(a) + sql_text(b),
 }
 
 

@@ -20,7 +20,7 @@ from sqlglot import exp
 from core.errors import SchemaError, SqlError
 from core.schema import TableDef
 from core.sql import ir
-from core.sql.lower_expr import AGG_NODES, ExprLowerer
+from core.sql.lower_expr import AGG_NODES, ExprLowerer, compatible
 from core.sql.parse import Params, parse, position, timestamp_literal, unsupported
 from core.types import ColumnType
 
@@ -90,9 +90,7 @@ def conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
     if isinstance(node, exp.And):
         return conjuncts(node.this) + conjuncts(node.expression)
     if isinstance(node, exp.Paren):
-        inner = node.this
-        if isinstance(inner, exp.And):
-            return conjuncts(inner)
+        return conjuncts(node.this)
     return [node]
 
 
@@ -215,6 +213,16 @@ class Lowerer:
                 f"UNION sides have {len(left.columns)} and {len(right.columns)} columns"
                 f"{position(self.sql, u)}"
             )
+        for i, (a, b) in enumerate(zip(left.columns, right.columns), start=1):
+            if (
+                a.type is not None
+                and b.type is not None
+                and not (a.type == b.type or compatible(a.type, b.type))
+            ):
+                raise SqlError(
+                    f"UNION column {i}: {a.type.value} and {b.type.value} cannot be matched"
+                    f"{position(self.sql, u)}"
+                )
         inputs: list[ir.Node] = []
         for side in (left, right):
             if isinstance(side, ir.Union) and side.all == bool(not u.args.get("distinct")):
@@ -236,7 +244,7 @@ class Lowerer:
                 what = {"with_": "WITH (common table expressions)", "windows": "WINDOW"}.get(
                     arg, arg.upper()
                 )
-                raise unsupported(self.sql, what, sel)
+                raise unsupported(self.sql, what, v if isinstance(v, exp.Expr) else sel)
         if isinstance(sel.args.get("distinct"), exp.Distinct) and sel.args["distinct"].args.get(
             "on"
         ):
@@ -263,10 +271,10 @@ class Lowerer:
             if isinstance(src, exp.In) and src.args.get("query") is not None:
                 semis.append(src)
             else:
-                pool.append(low.lower(src))
+                pool.append(low.condition(src, "argument of WHERE"))
         left_on: dict[int, list[ir.Expr]] = {}
         for jn, j in enumerate(joins, start=1):
-            on = [low.lower(x) for x in conjuncts(j.args.get("on"))]
+            on = [low.condition(x, "argument of JOIN ... ON") for x in conjuncts(j.args.get("on"))]
             if (j.side or "").upper() == "LEFT":
                 left_on[jn] = on
             else:
@@ -412,6 +420,12 @@ class Lowerer:
             raise SqlError("AS OF inside a subquery must match the outer query")
         if len(right.columns) != 1:
             raise SqlError(f"IN (subquery) must select exactly one column{position(self.sql, s)}")
+        rt = right.columns[0].type
+        if not compatible(key.type, rt):
+            raise SqlError(
+                f"cannot compare {key.type.value if key.type else None} with"
+                f" {rt.value if rt else None} in IN (subquery){position(self.sql, s)}"
+            )
         return ir.SemiJoin(
             node, right, key, ir.ColRef(0, right.columns[0].type), columns=node.columns
         )
@@ -432,13 +446,12 @@ class Lowerer:
                 items.extend(exp.column(c.name, ents[0].alias) for c in ents[0].tdef.columns)
             else:
                 items.append(item)
-        group_src = list(sel.args["group"].expressions) if sel.args.get("group") else []
+        group_src = [
+            self._group_item(g, items, scope)
+            for g in (sel.args["group"].expressions if sel.args.get("group") else [])
+        ]
         having = sel.args.get("having")
-        has_agg = (
-            bool(group_src)
-            or having is not None
-            or any(isinstance(n, AGG_NODES) for item in items for n in item.walk())
-        )
+        has_agg = bool(group_src) or having is not None or any(_has_agg(i) for i in items)
         pre = ExprLowerer(self.sql, self.params, scope.resolve)
         order_src = [o.this for o in sel.args["order"].expressions] if sel.args.get("order") else []
         if has_agg:
@@ -449,6 +462,24 @@ class Lowerer:
         names = [_name_of(i) for i in items]
         distinct = bool(sel.args.get("distinct"))
         return self._order_limit(sel, node, (exprs, names, lower), None, distinct)
+
+    def _group_item(self, g: exp.Expr, items: list[exp.Expr], scope: Scope) -> exp.Expr:
+        """GROUP BY 2 and GROUP BY <output alias> name select-list items (as in PostgreSQL)."""
+        if isinstance(g, exp.Literal) and not g.is_string:
+            n = int(g.this)
+            if not 1 <= n <= len(items):
+                raise SqlError(f"GROUP BY position {n} is out of range{position(self.sql, g)}")
+            item = items[n - 1]
+            return item.this if isinstance(item, exp.Alias) else item
+        if isinstance(g, exp.Column) and not g.table:
+            try:
+                scope.resolve(g)
+                return g
+            except SqlError:
+                for item in items:
+                    if isinstance(item, exp.Alias) and item.alias == g.name:
+                        return item.this
+        return g
 
     def _aggregate(
         self,
@@ -495,7 +526,7 @@ class Lowerer:
             by_name = isinstance(o, exp.Column) and not o.table and o.name in names
             if not (by_position or by_name):
                 post.lower(o)
-        hav = post.lower(having.this) if having is not None else None
+        hav = post.condition(having.this, "argument of HAVING") if having is not None else None
         gcols = [ir.OutCol(_name_of(g), e.type, True) for g, e in zip(group_src, group)]
         acols = [ir.OutCol(a.func, a.type, a.func != "count") for a in aggs]
         node = ir.Aggregate(node, group, list(aggs), columns=gcols + acols)
@@ -603,6 +634,15 @@ class Lowerer:
         return out
 
 
+def _has_agg(node: exp.Expr) -> bool:
+    """An aggregate call in ``node``, not counting those inside subqueries."""
+    if isinstance(node, AGG_NODES):
+        return True
+    if isinstance(node, exp.Subquery | exp.Select):
+        return False
+    return any(_has_agg(c) for c in node.iter_expressions())
+
+
 def _is_identity(exprs: list[ir.Expr], node: ir.Node) -> bool:
     return len(exprs) == len(node.columns) and all(
         isinstance(e, ir.ColRef) and e.index == i for i, e in enumerate(exprs)
@@ -630,6 +670,7 @@ def lower_sql(
     tree = parse(sql)
     lw = Lowerer(sql, Params(params), schema)
     root = lw.query(tree)
+    lw.params.check_all_used()
     q = ir.Query(root, tables=lw.tables)
     if lw.as_of is not None:
         kind, value = lw.as_of

@@ -147,7 +147,12 @@ class ExprLowerer:
             for x, src in ((arg, node.this), (pat, node.expression)):
                 if x.type is not None and x.type not in TEXTUAL:
                     raise SqlError(f"LIKE needs text, got {x.type.value}{position(self.sql, src)}")
-            return ir.Like(arg, pat, case_insensitive=isinstance(node, exp.ILike))
+            return ir.Like(
+                arg,
+                pat,
+                negated=bool(node.args.get("negate")),
+                case_insensitive=isinstance(node, exp.ILike),
+            )
         if isinstance(node, exp.Between):
             arg = self.lower(node.this)
             lo = self._coerce(arg, self.lower(node.args["low"]), node)
@@ -167,11 +172,22 @@ class ExprLowerer:
         for fcls, fname in _FUNCS.items():
             if isinstance(node, fcls):
                 a = self.lower(node.this)
+                want = NUMERIC if fname == "abs" else TEXTUAL
+                if a.type is not None and a.type not in want:
+                    kind = "a number" if fname == "abs" else "text"
+                    raise SqlError(
+                        f"function {fname}() needs {kind}, got {a.type.value}"
+                        f"{position(self.sql, node)}"
+                    )
                 rtype = ColumnType.INT64 if fname == "length" else a.type
                 return ir.Func(fname, (a,), rtype)
         if isinstance(node, exp.Cast):
             return self._cast(node)
         if isinstance(node, AGG_NODES):
+            if node.expressions:
+                raise SqlError(
+                    f"{type(node).__name__.upper()} takes one argument{position(self.sql, node)}"
+                )
             if self.on_agg is None:
                 raise SqlError(
                     f"aggregate functions are not allowed here{position(self.sql, node)}"
@@ -192,13 +208,24 @@ class ExprLowerer:
     def _param(self, value: Any) -> ir.Const:
         return ir.Const(value, const_type(value))
 
-    def _bool(self, e: ir.Expr, src: exp.Expr) -> ir.Expr:
+    def _bool(self, e: ir.Expr, src: exp.Expr, what: str = "a condition") -> ir.Expr:
         if e.type is not None and e.type != ColumnType.BOOL:
-            raise SqlError(f"expected a boolean condition{position(self.sql, src)}, got {e.type}")
+            where = position(self.sql, src)
+            raise SqlError(f"expected a boolean condition ({what}), got {e.type.value}{where}")
         return e
+
+    def condition(self, node: exp.Expr, what: str) -> ir.Expr:
+        """Lower a WHERE/ON/HAVING condition, which must be boolean."""
+        return self._bool(self.lower(node), node, what)
 
     def _coerce(self, target: ir.Expr, other: ir.Expr, src: exp.Expr) -> ir.Expr:
         """Check ``other`` can be compared with ``target``; convert constants to its type."""
+        if (
+            isinstance(other, ir.Const)
+            and target.type in NUMERIC
+            and const_type(other.value) in (ColumnType.INT64, ColumnType.FLOAT64)
+        ):
+            return other  # numbers compare numerically: x < 2.5 on an int64 column is fine
         if isinstance(other, ir.Const) and target.type is not None and other.value is not None:
             try:
                 v = check(target.type, True, other.value, "value")

@@ -40,9 +40,23 @@ class Desc:
 
 
 def _orderable(v: Any) -> Any:
-    if isinstance(v, dict | list):
-        return _enc.encode(v)
-    return v
+    """A comparable form. Typed columns hold one kind of value, so their order is the
+    value's own; json columns can mix kinds, which then sort numbers < text < booleans
+    < bytes < arrays/objects (by canonical text)."""
+    t = type(v)
+    if t is int or t is float:
+        return (1, v)
+    if t is str:
+        return (2, v)
+    if t is bool:
+        return (3, v)
+    if t is bytes:
+        return (4, v)
+    if t is dict or t is list:
+        return (5, _enc.encode(v))
+    if t is tuple and len(v) == 2 and v[0] == "__json__":  # a frozen json value
+        return (5, v[1])
+    return (6, v)
 
 
 def value_key(v: Any) -> tuple[int, Any]:

@@ -19,15 +19,15 @@ DIALECT = "postgres"
 
 
 def position(sql: str, node: exp.Expr) -> str:
-    """' at line L, column C' for the first token of ``node``, or '' if unknown."""
-    for n in node.walk():
-        start = n.meta.get("start") if n.meta else None
-        if start is not None:
-            before = sql[: int(start)]
-            line = before.count("\n") + 1
-            col = int(start) - (before.rfind("\n") + 1) + 1
-            return f" at line {line}, column {col}"
-    return ""
+    """' at line L, column C' for the earliest token of ``node``, or '' if unknown."""
+    starts = [int(n.meta["start"]) for n in node.walk() if n.meta and "start" in n.meta]
+    if not starts:
+        return ""
+    start = min(starts)
+    before = sql[:start]
+    line = before.count("\n") + 1
+    col = start - (before.rfind("\n") + 1) + 1
+    return f" at line {line}, column {col}"
 
 
 def unsupported(sql: str, what: str, node: exp.Expr) -> UnsupportedSql:
@@ -53,9 +53,12 @@ def parse(sql: str) -> exp.Expr:
     tree = stmts[0]
     if not isinstance(tree, exp.Select | exp.Union):
         kind = type(tree).__name__.upper()
+        start = len(sql) - len(sql.lstrip())
+        line = sql.count("\n", 0, start) + 1
+        where = f" at line {line}, column {start - (sql.rfind(chr(10), 0, start) + 1) + 1}"
         if isinstance(tree, exp.Insert | exp.Update | exp.Delete | exp.Merge):
-            raise SqlError(f"{kind} is not allowed: data changes only through reducers")
-        raise SqlError(f"only SELECT queries are allowed here, not {kind}")
+            raise SqlError(f"{kind} is not allowed: data changes only through reducers{where}")
+        raise SqlError(f"only SELECT queries are allowed here, not {kind}{where}")
     return tree
 
 
@@ -65,14 +68,23 @@ class Params:
     def __init__(self, values: Sequence[Any] | Mapping[str, Any] | None) -> None:
         self.values = values if values is not None else []
         self._next = 0
-        self.used: list[Any] = []
+        self.max_used = 0
 
     def positional(self, n: int, sql: str, node: exp.Expr) -> Any:
         if not isinstance(self.values, Sequence) or isinstance(self.values, str):
             raise SqlError(f"parameter ${n}{position(sql, node)} needs positional params (a list)")
         if not 1 <= n <= len(self.values):
             raise SqlError(f"parameter ${n}{position(sql, node)}: only {len(self.values)} given")
+        self.max_used = max(self.max_used, n)
         return self.values[n - 1]
+
+    def check_all_used(self) -> None:
+        """Positional parameters the query never references are a mistake: refuse them."""
+        v = self.values
+        if isinstance(v, Sequence) and not isinstance(v, str) and len(v) > self.max_used:
+            raise SqlError(
+                f"{len(v)} positional parameter(s) given but the query uses {self.max_used}"
+            )
 
     def named(self, name: str, sql: str, node: exp.Expr) -> Any:
         if not isinstance(self.values, Mapping):
