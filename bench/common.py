@@ -291,6 +291,8 @@ class Figure:
     unit: str = ""
     target: str | None = None
     note: str = ""
+    reference: str = ""
+    """A comparison figure shown beside the value (e.g. another system's result)."""
 
     @property
     def ok(self) -> bool | None:
@@ -303,6 +305,8 @@ class Figure:
         out["ok"] = self.ok
         if self.note:
             out["note"] = self.note
+        if self.reference:
+            out["reference"] = self.reference
         return out
 
 
@@ -354,10 +358,11 @@ class Report:
         unit: str = "",
         target: str | None = None,
         note: str = "",
+        reference: str = "",
     ) -> Figure:
         if any(f.name == name for figs in self.sections.values() for f in figs):
             raise ValueError(f"figure {name!r} reported twice")
-        fig = Figure(name, value, unit, target, note)
+        fig = Figure(name, value, unit, target, note, reference)
         self.sections.setdefault(section, []).append(fig)
         status = {True: "ok", False: "MISSED", None: ""}[fig.ok]
         log.info(
@@ -382,16 +387,18 @@ class Report:
         return all(f.ok is not False for f in self.figures)
 
     def print_table(self, out: TextIO) -> None:
-        rows = [("figure", "value", "unit", "target", "")]
+        refs = any(f.reference for f in self.figures)
+        rows = [("figure", "value", "unit", "target", "", "reference" if refs else "")]
         for f in self.figures:
             status = {True: "ok", False: "MISSED", None: ""}[f.ok]
-            rows.append((f.name, fmt_value(f.value), f.unit, f.target or "", status))
-        w = [max(len(r[i]) for r in rows) for i in range(5)]
+            rows.append((f.name, fmt_value(f.value), f.unit, f.target or "", status, f.reference))
+        w = [max(len(r[i]) for r in rows) for i in range(6)]
 
-        def line(r: tuple[str, str, str, str, str]) -> str:
-            return (
-                f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}".rstrip()
-            )
+        def line(r: tuple[str, str, str, str, str, str]) -> str:
+            text = f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}"
+            if refs:
+                text = f"{text:<{sum(w[:5]) + 8}}  {r[5]}"
+            return text.rstrip()
 
         mode = "quick" if self.quick else "full"
         print(f"\n== {self.bench} bench ({mode} run) ==", file=out)
