@@ -60,6 +60,16 @@ def integrate(index: Index, grouped: Index) -> None:
             del index[k]
 
 
+def _plus(bucket: ZSet | None, delta: ZSet | None) -> Iterator[tuple[tuple, int]]:
+    """The rows of ``bucket + delta`` (the state after this commit, for one key)."""
+    if not delta:
+        return iter(bucket.items()) if bucket else iter(())
+    merged = dict(bucket) if bucket else {}
+    for r, w in delta.items():
+        zadd(merged, r, w)
+    return iter(merged.items())
+
+
 class Side:
     key: KeyFn
 
@@ -95,14 +105,7 @@ class PrivateSide(Side):
         return iter(b.items()) if b else iter(())
 
     def new(self, k: Any) -> Iterator[tuple[tuple, int]]:
-        b = self.index.get(k)
-        d = self.pending.get(k)
-        if not d:
-            return iter(b.items()) if b else iter(())
-        merged = dict(b) if b else {}
-        for r, w in d.items():
-            zadd(merged, r, w)
-        return iter(merged.items())
+        return _plus(self.index.get(k), self.pending.get(k))
 
     def commit(self) -> None:
         if self.pending:
@@ -154,14 +157,7 @@ class SharedSide(Side):
         return iter(b.items()) if b else iter(())
 
     def new(self, k: Any) -> Iterator[tuple[tuple, int]]:
-        b = self.arr.index.get(k)
-        d = self.pending.get(k)
-        if not d:
-            return iter(b.items()) if b else iter(())
-        merged = dict(b) if b else {}
-        for r, w in d.items():
-            zadd(merged, r, w)
-        return iter(merged.items())
+        return _plus(self.arr.index.get(k), self.pending.get(k))
 
     def full(self) -> ZSet:
         out: ZSet = {}
