@@ -184,8 +184,12 @@ class SubscriptionManager:
         return sum(len(i.subs) for i in self.instances.values())
 
     def _affected(self, cs: Changeset) -> list[Instance]:
+        tables = cs.tables
+        if len(tables) == 1 and not self.dispatch:  # common case: no routing to do
+            b = self.broadcast.get(next(iter(tables)))
+            return sorted(b, key=lambda i: i.seq) if b else []
         hit: set[Instance] = set()
-        for table, ch in cs.tables.items():
+        for table, ch in tables.items():
             b = self.broadcast.get(table)
             if b:
                 hit |= b

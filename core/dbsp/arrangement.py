@@ -247,6 +247,8 @@ class ArrangementRegistry:
 
     def end(self, changes: dict[str, Any]) -> None:
         """Integrate this commit into every shared arrangement, read by a circuit or not."""
+        if not self.arrangements:
+            return
         done = {id(a) for a in self._touched}
         for arr in self.arrangements.values():
             ch = changes.get(arr.table)

@@ -98,8 +98,15 @@ def _as_column_type(tdef: TableDef, col: int, v: Any) -> Any:
     return v
 
 
+def _key_columns(tdef: TableDef) -> set[int]:
+    """Positions of the columns some access path can use (primary key and index columns)."""
+    names = set(tdef.primary_key).union(*(ix.columns for ix in tdef.indexes))
+    return {i for i, c in enumerate(tdef.columns) if c.name in names}
+
+
 def _analyse(filt: ir.Expr | None, tdef: TableDef) -> _Conditions:
     cond = _Conditions()
+    keyed = _key_columns(tdef)  # only these matter (and json values, never keys, are unhashable)
     for c in _flatten_and(filt):
         if isinstance(c, ir.BinOp) and c.op in _FLIP:
             op = c.op
@@ -109,10 +116,10 @@ def _analyse(filt: ir.Expr | None, tdef: TableDef) -> _Conditions:
                 col, v, op = c.right.index, _const(c.left), _FLIP[op]
             else:
                 continue
-            if v is _NO_CONST:
-                continue
             if v is None:  # x op NULL is NULL: the conjunction is never TRUE
                 cond.empty = True
+                continue
+            if v is _NO_CONST or col not in keyed:
                 continue
             v = _as_column_type(tdef, col, v)
             if op == "=":
@@ -122,8 +129,14 @@ def _analyse(filt: ir.Expr | None, tdef: TableDef) -> _Conditions:
             else:
                 _tighten(cond.lo, col, _Bound(v, op == ">="), upper=False)
         elif isinstance(c, ir.IsNull) and not c.negated and isinstance(c.arg, ir.ColRef):
-            cond.eq.setdefault(c.arg.index, None)
-        elif isinstance(c, ir.InList) and not c.negated and isinstance(c.arg, ir.ColRef):
+            if c.arg.index in keyed:
+                cond.eq.setdefault(c.arg.index, None)
+        elif (
+            isinstance(c, ir.InList)
+            and not c.negated
+            and isinstance(c.arg, ir.ColRef)
+            and c.arg.index in keyed
+        ):
             vals = [_const(v) for v in c.values]
             if any(v is _NO_CONST for v in vals):
                 continue
