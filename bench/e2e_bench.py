@@ -4,7 +4,7 @@
         [--only durable|interval] [--tmp-dir DIR] [--check] [-v]
 
 A ``voicehub serve`` subprocess (fresh data directory, free loopback port, ``--module
-bench/e2e_module.py``) is loaded by this process, which is the load generator:
+bench/_e2e_module.py``) is loaded by this process, which is the load generator:
 
 * ``N`` (100) agent connections, each a ``voicehub.client.Client`` with its own session
   and its own parameterized subscription ``SELECT * FROM actions WHERE agent = $1``;
@@ -62,7 +62,7 @@ from voicehub.client import Client
 
 log = logging.getLogger("voicehub.bench")
 
-MODULE = Path(__file__).resolve().with_name("e2e_module.py")
+MODULE = Path(__file__).resolve().with_name("_e2e_module.py")
 SQL = "SELECT * FROM actions WHERE agent = $1"
 FANOUT = 3
 REF_RATE = "2,326 actions/s"
@@ -380,7 +380,7 @@ def _progress(policy: str, what: str, r: int, n: int, run: Run) -> None:
 
 def bench_floor(rep: Report, tmp: Path | None, s: Sizes) -> None:
     """The same commit in-process (``await db.call``), durable: the disk's share of p50."""
-    from bench.e2e_module import e2e
+    from bench._e2e_module import e2e
     from core import Database, StoreConfig
 
     async def go(db: Database) -> list[float]:
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "encoding": args.encoding,
     }
     rep.meta["server"] = (
-        "voicehub serve --durability {durable,interval} --module bench/e2e_module.py,"
+        "voicehub serve --durability {durable,interval} --module bench/_e2e_module.py,"
         " other settings at their defaults (interval 10 ms)"
     )
     if s.repeats > 1:

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlglot import exp
 
-from core.errors import SchemaError, SqlError
+from core.errors import SqlError
 from core.schema import TableDef
 from core.sql import ir
 from core.sql.lower_expr import AGG_NODES, ExprLowerer, compatible
 from core.sql.parse import Params, parse, position, timestamp_literal, unsupported
+from core.sql.plan_util import and_all as _and
+from core.sql.plan_util import conjuncts, refs, shift
+from core.sql.scope import Scope
 from core.types import ColumnType
 
 SchemaLookup = Callable[[str], TableDef | None]
@@ -40,120 +42,6 @@ _SELECT_ARGS = {
     "kind",
     "hint",
 }
-
-
-# ---------------------------------------------------------------- IR helpers
-
-
-def transform(e: ir.Expr, fn: Callable[[ir.Expr], ir.Expr | None]) -> ir.Expr:
-    """Rebuild ``e`` bottom-up, replacing any node for which ``fn`` returns a value."""
-    hit = fn(e)
-    if hit is not None:
-        return hit
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(e):  # type: ignore[arg-type]
-        v = getattr(e, f.name)
-        if isinstance(v, ir.Expr):
-            changes[f.name] = transform(v, fn)
-        elif isinstance(v, tuple) and v and isinstance(v[0], ir.Expr | tuple):
-            changes[f.name] = tuple(
-                tuple(transform(x, fn) for x in item)
-                if isinstance(item, tuple)
-                else transform(item, fn)
-                for item in v
-            )
-    return dataclasses.replace(e, **changes) if changes else e  # type: ignore[type-var]
-
-
-def refs(e: ir.Expr) -> set[int]:
-    out: set[int] = set()
-
-    def visit(x: ir.Expr) -> ir.Expr | None:
-        if isinstance(x, ir.ColRef):
-            out.add(x.index)
-            return x
-        return None
-
-    transform(e, visit)
-    return out
-
-
-def shift(e: ir.Expr, delta: int) -> ir.Expr:
-    return transform(
-        e, lambda x: ir.ColRef(x.index + delta, x.type) if isinstance(x, ir.ColRef) else None
-    )
-
-
-def conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
-    if node is None:
-        return []
-    if isinstance(node, exp.And):
-        return conjuncts(node.this) + conjuncts(node.expression)
-    if isinstance(node, exp.Paren):
-        return conjuncts(node.this)
-    return [node]
-
-
-# ---------------------------------------------------------------- scope
-
-
-@dataclass
-class Entry:
-    alias: str
-    tdef: TableDef
-    start: int
-    nullable: bool
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.tdef.columns)
-
-
-class Scope:
-    def __init__(self, sql: str) -> None:
-        self.sql = sql
-        self.entries: list[Entry] = []
-        self.width = 0
-
-    def add(self, alias: str, tdef: TableDef, nullable: bool, node: exp.Expr) -> Entry:
-        if any(e.alias == alias for e in self.entries):
-            raise SqlError(f"table alias {alias!r} used twice{position(self.sql, node)}")
-        e = Entry(alias, tdef, self.width, nullable)
-        self.entries.append(e)
-        self.width = e.end
-        return e
-
-    def entry_of(self, pos: int) -> int:
-        for i, e in enumerate(self.entries):
-            if e.start <= pos < e.end:
-                return i
-        raise AssertionError(pos)
-
-    def resolve(self, col: exp.Column) -> ir.Expr:
-        name, qual = col.name, col.table
-        cands = [e for e in self.entries if not qual or e.alias == qual]
-        if qual and not cands:
-            raise SqlError(f"unknown table or alias {qual!r}{position(self.sql, col)}")
-        found = []
-        for e in cands:
-            try:
-                found.append((e, e.tdef.column_index(name)))
-            except SchemaError:
-                continue
-        if not found:
-            where = f"{qual}." if qual else ""
-            raise SqlError(f"unknown column {where}{name}{position(self.sql, col)}")
-        if len(found) > 1:
-            raise SqlError(f"column {name!r} is ambiguous{position(self.sql, col)}: qualify it")
-        e, i = found[0]
-        return ir.ColRef(e.start + i, e.tdef.columns[i].type)
-
-    def out_cols(self) -> list[ir.OutCol]:
-        return [
-            ir.OutCol(c.name, c.type, c.nullable or e.nullable)
-            for e in self.entries
-            for c in e.tdef.columns
-        ]
 
 
 def _name_of(item: exp.Expr) -> str:
@@ -274,7 +162,17 @@ class Lowerer:
                 pool.append(low.condition(src, "argument of WHERE"))
         left_on: dict[int, list[ir.Expr]] = {}
         for jn, j in enumerate(joins, start=1):
-            on = [low.condition(x, "argument of JOIN ... ON") for x in conjuncts(j.args.get("on"))]
+            on = []
+            for x in conjuncts(j.args.get("on")):
+                c = low.condition(x, "argument of JOIN ... ON")
+                later = [p for p in refs(c) if p >= scope.entries[jn].end]
+                if later:
+                    alias = scope.entries[scope.entry_of(max(later))].alias
+                    raise SqlError(
+                        f"invalid reference to table {alias!r} in JOIN ... ON: it is joined"
+                        f" later{position(self.sql, x)}"
+                    )
+                on.append(c)
             if (j.side or "").upper() == "LEFT":
                 left_on[jn] = on
             else:
@@ -647,18 +545,6 @@ def _is_identity(exprs: list[ir.Expr], node: ir.Node) -> bool:
     return len(exprs) == len(node.columns) and all(
         isinstance(e, ir.ColRef) and e.index == i for i, e in enumerate(exprs)
     )
-
-
-def _and(items: list[ir.Expr]) -> ir.Expr | None:
-    flat: list[ir.Expr] = []
-    for i in items:
-        if isinstance(i, ir.BoolOp) and i.op == "and":
-            flat.extend(i.args)
-        else:
-            flat.append(i)
-    if not flat:
-        return None
-    return flat[0] if len(flat) == 1 else ir.BoolOp("and", tuple(flat))
 
 
 def lower_sql(
