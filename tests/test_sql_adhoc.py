@@ -10,13 +10,12 @@
 * Errors: unsupported constructs (named, with their position), unknown names, type
   mismatches, parameters.
 * AS OF through SQL, by offset and by timestamp, from memory and from disk.
-* Front-end bugs: the tests in the last section fail until core/sql/lower*.py and
-  core/sql/exprc.py are fixed (each names the bug).
+* Front-end regressions: the last section pins the front-end bugs these tests found
+  (each docstring says what was wrong; all fixed in core/sql since).
 
 Generated SQL avoids the places where SQLite and PostgreSQL disagree (integer division by
-zero, % on floats, || on non-text, case-insensitive LIKE, non-ASCII case folding) and the
-front-end limitations the last section documents (an int expression compared with a
-float constant), so a failure here is an executor or lowering bug, not dialect noise.
+zero, % on floats, || on non-text, case-insensitive LIKE, non-ASCII case folding), so a
+failure here is an executor or lowering bug, not dialect noise.
 """
 
 from __future__ import annotations
@@ -103,10 +102,6 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "text": st.sampled_from(["", "a", "A", "ab", "aB", "abc", "b", "ba", "b_c", "x%y", "zz"]),
     "bool": st.booleans(),
 }
-# Constructs the generator writes differently while known front-end bugs are open (see the
-# last section); False: every spelling is fuzzed (the bugs are fixed).
-AVOID_KNOWN_BUGS = False
-
 LIKE_PATTERNS = ["a%", "%b", "_", "%", "a_", "%a%", "A%", "b_c", "x%y", "", "%c", "_b%", "ab"]
 
 
@@ -475,8 +470,6 @@ class Gen:
             return f"({self.nonlit(kind, d)} {neg}BETWEEN {lo} AND {hi})"
         if how == "like":
             pattern = self.literal("text", self.pick(LIKE_PATTERNS))
-            if neg and AVOID_KNOWN_BUGS:  # x NOT LIKE p runs as x LIKE p
-                return f"(NOT ({self.nonlit('text', d)} LIKE {pattern}))"
             return f"({self.nonlit('text', d)} {neg}LIKE {pattern})"
         if how in ("and", "or"):
             return f"({self.pred(d)} {how.upper()} {self.pred(d)})"
@@ -537,9 +530,7 @@ class Gen:
         where = f" WHERE {' AND '.join(wheres)}" if wheres else ""
         kind = c.kind if c.kind != "int" or self.chance(80) else "float"
         text = f"{self.nonlit(kind, 1)} IN (SELECT {item} FROM {from_sql}{where}{tail})"
-        if AVOID_KNOWN_BUGS or self.chance(50):  # (x IN (SELECT ...)) is rejected
-            return text
-        return f"({text})"
+        return f"({text})" if self.chance(50) else text  # a parenthesized one is top-level too
 
     def index_conds(self) -> list[str]:
         """Conjuncts an index (or the primary key) of a table in scope can serve."""
@@ -1435,7 +1426,7 @@ def assert_points_into(sql: str, message: str, span: str) -> None:
             "(SELECT max(y) FROM b)",
         ),
         ("SELECT id, (SELECT y FROM b) FROM a", "scalar subqueries", "(SELECT y FROM b)"),
-        # BUG (lower.py): the aggregate inside the subquery makes the outer query "grouped"
+        # was a bug: the aggregate inside the subquery made the outer query "grouped"
         ("SELECT id, (SELECT max(y) FROM b) FROM a", "scalar subqueries", "(SELECT max(y) FROM b)"),
         (
             "SELECT id FROM a WHERE EXISTS (SELECT 1 FROM b)",
@@ -1676,12 +1667,13 @@ def test_as_of_from_disk(tmp_path: Any) -> None:
 
 
 # =========================================================================== front-end bugs
-# Each test below fails until the named bug in core/sql/{lower,lower_expr,parse,exprc}.py is
-# fixed; they assert PostgreSQL's behaviour.
+# Regression tests for bugs the tests above found in core/sql/{lower,lower_expr,parse,exprc,
+# ordering}.py (each docstring describes the bug as it was); they assert PostgreSQL's
+# behaviour.
 
 
 def test_frontend_int_expression_vs_float_constant(ab: Database) -> None:
-    """BUG lower_expr._coerce: a float constant compared with an int64 expression is an
+    """WAS A BUG: lower_expr._coerce: a float constant compared with an int64 expression is an
     error ("cannot compare int64 with 2.5") although ``x = -2.5`` (a Neg, not a Const) is
     accepted; PostgreSQL compares numerically."""
     write(ab, *[["ins", "a", {"id": i, "x": i}] for i in range(2, 6)])
@@ -1694,7 +1686,7 @@ def test_frontend_int_expression_vs_float_constant(ab: Database) -> None:
 
 
 def test_frontend_where_must_be_boolean(ab: Database) -> None:
-    """BUG lower.Lowerer._select: WHERE/ON conjuncts are not type-checked, so ``WHERE x``
+    """WAS A BUG: lower.Lowerer._select: WHERE/ON conjuncts are not type-checked, so ``WHERE x``
     (int) silently returns no rows; PostgreSQL: "argument of WHERE must be type boolean"."""
     assert "boolean" in error_of(ab, "SELECT id FROM a WHERE s AND id = 1").message  # checked
     for sql in (
@@ -1706,7 +1698,7 @@ def test_frontend_where_must_be_boolean(ab: Database) -> None:
 
 
 def test_frontend_scalar_function_argument_types(ab: Database) -> None:
-    """BUG lower_expr (_FUNCS): lower/upper/length/abs arguments are not type-checked, so
+    """WAS A BUG: lower_expr (_FUNCS): lower/upper/length/abs arguments are not type-checked, so
     ``length(x)`` on an int64 column crashes the executor with a TypeError."""
     for sql in ("SELECT length(x) FROM a", "SELECT lower(x) FROM a", "SELECT abs(s) FROM a"):
         err = error_of(ab, sql)
@@ -1714,14 +1706,14 @@ def test_frontend_scalar_function_argument_types(ab: Database) -> None:
 
 
 def test_frontend_union_column_types(ab: Database) -> None:
-    """BUG lower.Lowerer._union: column types of the sides are not checked; int64 and text
+    """WAS A BUG: lower.Lowerer._union: column types of the sides are not checked; int64 and text
     mix, and bool TRUE dedupes with int 1. PostgreSQL: "UNION types ... cannot be matched"."""
     for sql in ("SELECT id FROM a UNION SELECT s FROM a", "SELECT b FROM a UNION SELECT x FROM a"):
         assert "UNION" in error_of(ab, sql).message, sql
 
 
 def test_frontend_in_subquery_key_types(ab: Database) -> None:
-    """BUG lower.Lowerer._semi: the key and the subquery column are not type-checked, so a
+    """WAS A BUG: lower.Lowerer._semi: the key and the subquery column are not type-checked, so a
     bool key matches int 1 (True == 1 in Python)."""
     for sql in (
         "SELECT id FROM a WHERE b IN (SELECT x FROM a)",
@@ -1731,18 +1723,18 @@ def test_frontend_in_subquery_key_types(ab: Database) -> None:
 
 
 def test_frontend_too_many_positional_parameters(ab: Database) -> None:
-    """BUG parse.Params / lower_sql: surplus positional parameters are silently ignored
+    """WAS A BUG: parse.Params / lower_sql: surplus positional parameters are silently ignored
     (``Params.used`` is never filled); PostgreSQL rejects a wrong parameter count."""
     assert "parameter" in error_of(ab, "SELECT id FROM a WHERE x = $1", [1, 2]).message
 
 
 def test_frontend_count_takes_one_argument(ab: Database) -> None:
-    """BUG lower._agg_call: ``COUNT(x, s)`` silently counts x and drops s."""
+    """WAS A BUG: lower._agg_call: ``COUNT(x, s)`` silently counts x and drops s."""
     assert "COUNT" in error_of(ab, "SELECT COUNT(x, s) FROM a").message
 
 
 def test_frontend_group_by_position_and_output_name(ab: Database) -> None:
-    """BUG lower._aggregate: ``GROUP BY 1`` groups by the constant 1 (so ``SELECT x ...
+    """WAS A BUG: lower._aggregate: ``GROUP BY 1`` groups by the constant 1 (so ``SELECT x ...
     GROUP BY 1`` is rejected) and ``GROUP BY <output alias>`` is an unknown column; both
     name select-list items in PostgreSQL."""
     write(ab, *[["ins", "a", {"id": i, "x": i % 2}] for i in range(2, 7)])
@@ -1753,7 +1745,7 @@ def test_frontend_group_by_position_and_output_name(ab: Database) -> None:
 
 
 def test_frontend_concat_formats_like_postgres(ab: Database) -> None:
-    """BUG exprc (||): values are formatted with Python's str(), giving 'True' and '0.5'
+    """WAS A BUG: exprc (||): values are formatted with Python's str(), giving 'True' and '0.5'
     vs PostgreSQL's 'true'; a float8 of 2.0 prints '2' in PostgreSQL, '2.0' here."""
     write(ab, ["ins", "a", {"id": 2, "s": "v", "b": False, "f": 2.0}])
     res = run_query(ab, "SELECT s || b, s || f FROM a WHERE id = 2")
@@ -1761,7 +1753,7 @@ def test_frontend_concat_formats_like_postgres(ab: Database) -> None:
 
 
 def test_frontend_ordering_of_mixed_json_values(shop: Database) -> None:
-    """BUG ordering._orderable: only json objects/arrays become canonical text, json strings
+    """WAS A BUG: ordering._orderable: only json objects/arrays become canonical text, json strings
     and numbers stay str/int, so sorting rows that mix them (ORDER BY, and the row
     tie-break of every ORDER BY/LIMIT) raises TypeError (bytes < str)."""
     write(shop, ["ins", "doc", {"id": 5, "body": "text"}], ["ins", "doc", {"id": 6, "body": 7}])
@@ -1772,7 +1764,7 @@ def test_frontend_ordering_of_mixed_json_values(shop: Database) -> None:
 
 
 def test_frontend_not_like_is_negated(ab: Database) -> None:
-    """BUG lower_expr (Like/ILike): sqlglot parses ``s NOT LIKE p`` as Like(negate=True),
+    """WAS A BUG: lower_expr (Like/ILike): sqlglot parses ``s NOT LIKE p`` as Like(negate=True),
     not Not(Like); the ``negate`` arg is ignored, so NOT LIKE / NOT ILIKE run as LIKE."""
     write(ab, ["ins", "a", {"id": 2, "s": "abc"}], ["ins", "a", {"id": 3, "s": "Abc"}])
     assert ids(run_query(ab, "SELECT id FROM a WHERE s LIKE 'a%'")) == [2]
@@ -1782,7 +1774,7 @@ def test_frontend_not_like_is_negated(ab: Database) -> None:
 
 
 def test_frontend_parenthesized_in_subquery(ab: Database) -> None:
-    """BUG lower.conjuncts: a parenthesized top-level ``(x IN (SELECT ...))`` is not
+    """WAS A BUG: lower.conjuncts: a parenthesized top-level ``(x IN (SELECT ...))`` is not
     unwrapped (only a parenthesized AND is), so it is rejected as "IN (subquery) other than
     as a top-level AND-ed WHERE condition"."""
     want = run_query(ab, "SELECT id FROM a WHERE x IN (SELECT aid FROM b)").rows
@@ -1794,6 +1786,21 @@ def test_frontend_parenthesized_in_subquery(ab: Database) -> None:
 
 @pytest.mark.parametrize("sql", WRITES)
 def test_frontend_write_statements_are_located(ab: Database, sql: str) -> None:
-    """BUG parse.parse (per the task brief; docs/sql.md only promises the message): writes
+    """WAS A BUG: parse.parse (per the task brief; docs/sql.md only promises the message): writes
     are named but carry no "line 1, column N" like every other rejected construct."""
     assert_points_into(sql, error_of(ab, sql).message, sql)
+
+
+def test_frontend_on_clause_referring_to_a_later_table(ab: Database) -> None:
+    """WAS A BUG: lower.Lowerer._select: an ON condition may name a table joined after it (names
+    resolve against the whole FROM clause). In a LEFT JOIN it becomes a residual over
+    positions the joined row does not have yet, and the executor fails with IndexError; in
+    an inner join it is silently accepted. PostgreSQL: invalid reference to FROM-clause
+    entry for table "c"."""
+    for sql in (
+        "SELECT a.id FROM a LEFT JOIN b ON a.id = b.aid AND c.y = 1 JOIN b AS c ON c.id = a.id",
+        "SELECT a.id FROM a JOIN b ON b.aid = a.id AND c.y = 1 JOIN b AS c ON c.id = a.id",
+    ):
+        msg = error_of(ab, sql).message
+        assert "'c'" in msg, sql
+        assert_points_into(sql, msg, "c.y = 1")
