@@ -60,18 +60,7 @@ def failing_commit(db: Database, ops: list[list]) -> None:
 def run(data: Any) -> None:
     schema = data.draw(gen.schemas(), label="schema")
     hist = data.draw(gen.histories(schema), label="history")
-    pool: dict[str, set[Any]] = {k: set() for k in gen.KINDS}
-    for state in hist.states:
-        for t in schema:
-            for row in state[t.name].values():
-                for c, v in zip(t.cols, row):
-                    if v is not None:
-                        pool[c.kind].add(v)
-    pools: dict[str, Any] = {k: sorted(v) for k, v in pool.items()}
-    pools["__rows__"] = {
-        t.name: sorted({r for s in hist.states for r in s[t.name].values()}, key=repr)
-        for t in schema
-    }
+    pools = gen.value_pools(schema, hist)
     db = gen.open_db([t.tdef() for t in schema])
     mgr = SubscriptionManager(db)
     received: list[tuple[int, dict[Subscription, Delta]]] = []

@@ -806,10 +806,8 @@ def check_query(
         )
 
 
-def run_differential(data: Any) -> None:
-    schema = data.draw(schemas(), label="schema")
-    hist = data.draw(histories(schema), label="history")
-    note(f"states: {hist.states}")
+def value_pools(schema: list[Table], hist: History) -> dict[str, Any]:
+    """The values and rows a history holds, for queries whose constants hit real data."""
     pool: dict[str, set[Any]] = {k: set() for k in KINDS}
     for state in hist.states:
         for t in schema:
@@ -822,6 +820,14 @@ def run_differential(data: Any) -> None:
         t.name: sorted({r for st_ in hist.states for r in st_[t.name].values()}, key=repr)
         for t in schema
     }
+    return pools
+
+
+def run_differential(data: Any) -> None:
+    schema = data.draw(schemas(), label="schema")
+    hist = data.draw(histories(schema), label="history")
+    note(f"states: {hist.states}")
+    pools = value_pools(schema, hist)
     with populated(schema, hist) as (db, offsets):
         last = len(offsets) - 1
         lites: dict[int, sqlite3.Connection] = {}

@@ -276,14 +276,12 @@ class Lowerer:
         scan = scans[k]
         local = shift(c, -scope.entries[k].start)
         scan.filter = local if scan.filter is None else _and([scan.filter, local])
-        if (
-            isinstance(local, ir.BinOp)
-            and local.op == "="
-            and isinstance(local.left, ir.ColRef)
-            and isinstance(local.right, ir.Const)
-            and local.right.value is not None
-        ):
-            scan.dispatch.append((local.left.index, local.right.value))
+        if isinstance(local, ir.BinOp) and local.op == "=":
+            a, b = local.left, local.right
+            if isinstance(b, ir.ColRef):
+                a, b = b, a
+            if isinstance(a, ir.ColRef) and isinstance(b, ir.Const) and b.value is not None:
+                scan.dispatch.append((a.index, b.value))
 
     def _keys(
         self, scope: Scope, k: int, source: list[ir.Expr]
