@@ -500,6 +500,16 @@ class Database:
             return self.snapshot(offset)
         return self._as_of_disk(offset, None)
 
+    def reads_from_disk(self, offset: int | None = None, timestamp: int | None = None) -> bool:
+        """Whether ``as_of`` for this point must rebuild it from snapshots and the log (slow:
+        callers on an event loop should run that read on a worker thread)."""
+        if timestamp is not None:
+            if timestamp >= self.timestamp:
+                return False
+            off = self.offset_at_time(timestamp)
+            return off is None or off < self.history_floor
+        return offset is not None and offset < self.history_floor
+
     def _as_of_disk(self, offset: int | None, timestamp: int | None) -> ReadSnapshot:
         cfg = self.config
         if cfg.data_dir is None or self._wal is None:

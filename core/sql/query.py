@@ -4,16 +4,21 @@
 offset or a timestamp) when the query has one, else the newest visible offset. The
 snapshot is always closed before returning, so a query never holds back garbage
 collection. System tables (``TableDef.system``) are invisible to SQL.
+``run_query_async`` is the same for an event loop: an AS OF point that must be rebuilt from
+snapshots and the log is read on a worker thread (that state is private to the thread);
+every other read runs inline, because live MVCC structures belong to the loop's thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.schema import TableDef
 from core.sql.executor import execute_plan
+from core.sql.ir import Query
 from core.sql.lower import lower_sql
 
 if TYPE_CHECKING:
@@ -29,18 +34,34 @@ class QueryResult:
     offset: int  # the offset of the snapshot the rows were read from
 
 
-def run_query(
-    db: Database, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
-) -> QueryResult:
-    """Run one read-only query; raises ``SqlError``/``UnsupportedSql`` for bad SQL."""
-
+def _lower(db: Database, sql: str, params: Any) -> Query:
     def lookup(name: str) -> TableDef | None:
         store = db.stores.get(name)
         if store is None or store.tdef.system:
             return None
         return store.tdef
 
-    q = lower_sql(sql, params, lookup)
+    return lower_sql(sql, params, lookup)
+
+
+def run_query(
+    db: Database, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+) -> QueryResult:
+    """Run one read-only query; raises ``SqlError``/``UnsupportedSql`` for bad SQL."""
+    return _run(db, _lower(db, sql, params))
+
+
+async def run_query_async(
+    db: Database, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+) -> QueryResult:
+    """``run_query`` for an event loop: slow AS OF reads from disk go to a worker thread."""
+    q = _lower(db, sql, params)
+    if db.reads_from_disk(q.as_of_offset, q.as_of_timestamp):
+        return await asyncio.to_thread(_run, db, q)
+    return _run(db, q)
+
+
+def _run(db: Database, q: Query) -> QueryResult:
     snap: ReadSnapshot
     if q.as_of_offset is not None:
         snap = db.as_of(offset=q.as_of_offset)

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core.schema import to_builtins
-from core.sql.query import run_query
+from core.sql.query import run_query_async
 from voicehub.server.codec import decode_json, encode_json
 from voicehub.server.errors import ApiError, ReplayedFailure, describe, status_for
 from voicehub.server.hub import Hub
@@ -87,7 +87,7 @@ async def sql(request: Request) -> Response:
         extra = sorted(set(body) - {"sql", "params"})
         if extra:
             raise ApiError("invalid_request", f"unknown field(s) {extra}")
-        res = run_query(hub.db, body["sql"], params)
+        res = await run_query_async(hub.db, body["sql"], params)
     except Exception as e:
         return error_response(e)
     return json_response(

@@ -21,7 +21,7 @@ from typing import Any
 from msgspec import UNSET
 
 from core.errors import StorageFailed, StoreError
-from core.sql.query import run_query
+from core.sql.query import run_query_async
 from core.subscriptions import Subscription
 from voicehub.server.calls import request_key
 from voicehub.server.codec import (
@@ -331,7 +331,7 @@ class Connection:
         rid = m.request_id
         try:
             await hub.wait_durable(self.last_write)  # read your own writes
-            res = run_query(hub.db, m.sql, m.params)
+            res = await run_query_async(hub.db, m.sql, m.params)
         except Exception as e:
             code, message = describe(e)
             self._push(0, QueryResult(rid, error=ErrorBody(code, message)))
