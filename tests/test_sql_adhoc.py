@@ -1432,6 +1432,11 @@ def assert_points_into(sql: str, message: str, span: str) -> None:
             "(SELECT max(y) FROM b)",
         ),
         ("SELECT id, (SELECT y FROM b) FROM a", "scalar subqueries", "(SELECT y FROM b)"),
+        (
+            "SELECT id FROM a WHERE id IN (SELECT b.aid FROM b WHERE b.y = a.x)",
+            "correlated subqueries",
+            "(SELECT b.aid FROM b WHERE b.y = a.x)",
+        ),
         # was a bug: the aggregate inside the subquery made the outer query "grouped"
         ("SELECT id, (SELECT max(y) FROM b) FROM a", "scalar subqueries", "(SELECT max(y) FROM b)"),
         (

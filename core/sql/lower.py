@@ -308,7 +308,13 @@ class Lowerer:
     def _semi(self, low: ExprLowerer, s: exp.In, node: ir.Node) -> ir.Node:
         key = low.lower(s.this)
         sub = Lowerer(self.sql, self.params, self.schema)
-        right = sub.query(s.args["query"])
+        query = s.args["query"]
+        try:
+            right = sub.query(query)
+        except SqlError as e:
+            if _outer_reference(query, low):
+                raise unsupported(self.sql, "correlated subqueries", query) from e
+            raise
         for t in sub.tables:
             if t not in self.tables:
                 self.tables.append(t)
@@ -528,6 +534,19 @@ class Lowerer:
                 columns=out.columns[:visible],
             )
         return out
+
+
+def _outer_reference(query: exp.Expr, outer: ExprLowerer) -> bool:
+    """Whether a subquery that failed to resolve names a column of the outer query."""
+    inner = {t.alias_or_name for t in query.find_all(exp.Table)}
+    for col in query.find_all(exp.Column):
+        if col.table and col.table not in inner:
+            try:
+                outer.resolve(col)
+                return True
+            except SqlError:
+                continue
+    return False
 
 
 def _has_agg(node: exp.Expr) -> bool:
