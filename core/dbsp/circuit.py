@@ -113,12 +113,17 @@ class Circuit:
     def _step(self, op: Operator, changes: dict[str, Any]) -> ZSet | None:
         if op.tables.isdisjoint(changes):
             return None
-        if isinstance(op, Source):
+        if type(op) is Source:
             return op.change(changes[op.table])
-        deltas = [self._step(i, changes) for i in op.inputs]
-        if all(d is None for d in deltas):
-            return None
-        return op.step(deltas)
+        inputs = op.inputs
+        if len(inputs) == 1:
+            d = self._step(inputs[0], changes)
+            return None if d is None else op.step((d,))
+        deltas = [self._step(i, changes) for i in inputs]
+        for d in deltas:
+            if d is not None:
+                return op.step(deltas)
+        return None
 
     def release(self) -> None:
         self.root.release()

@@ -40,6 +40,13 @@ class Source(Operator):
                 zadd(out, fz(r) if fz else r, w)
 
     def change(self, ch: TableChange) -> ZSet | None:
+        pred = self.pred
+        if not self.has_json and len(ch.inserts) + len(ch.deletes) == 1:
+            if ch.inserts:  # the common single-row commit, without the general loop
+                r, w = ch.inserts[0], 1
+            else:
+                r, w = ch.deletes[0], -1
+            return {r: w} if pred is None or pred(r) else None
         out: ZSet = {}
         self._rows(ch.deletes, -1, out)
         self._rows(ch.inserts, 1, out)
