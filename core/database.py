@@ -12,8 +12,7 @@ that is not yet durable.
 
 from __future__ import annotations
 
-import fcntl
-import itertools
+import gc
 import logging
 import os
 import threading
@@ -26,6 +25,7 @@ from typing import Any
 
 from core.changeset import Changeset, TableChange
 from core.config import StoreConfig
+from core.datadir import lock, prune
 from core.durability import DurabilityGate
 from core.errors import (
     HistoryUnavailable,
@@ -41,7 +41,7 @@ from core.reads import ReadSnapshot
 from core.recovery import RecoveredState, recover, retained_from
 from core.scheduler import SCHEDULE_TABLE, Scheduler
 from core.schema import ColumnDef, ReducerDef, TableDef, to_builtins
-from core.snapshot import TableImage, list_snapshots, write_snapshot
+from core.snapshot import TableImage, write_snapshot
 from core.storage.table import TableStore
 from core.transaction import DbView, ReducerContext, TableHandle, Transaction
 from core.types import ColumnType, check
@@ -131,8 +131,17 @@ class Database:
     def _open(self, modules: list[Module]) -> None:
         cfg = self.config
         if cfg.data_dir is not None and cfg.durability != "none":
-            self._lock_data_dir(cfg.data_dir)
-            state = recover(cfg.data_dir, repair=True, timestamps_kept=cfg.history_commits + 1)
+            self._lock_fd = lock(cfg.data_dir)
+            # Recovery allocates millions of long-lived objects: collecting while it runs
+            # only rescans them; afterwards they move to the permanent generation.
+            was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                state = recover(cfg.data_dir, repair=True, timestamps_kept=cfg.history_commits + 1)
+            finally:
+                gc.freeze()
+                if was_enabled:
+                    gc.enable()
             self.recovered = state
             if state.log_end != state.offset:
                 raise StoreError(
@@ -170,16 +179,6 @@ class Database:
                 state.replayed,
             )
         self._install(modules)
-
-    def _lock_data_dir(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(f"data directory {data_dir} is in use by another process") from None
-        self._lock_fd = fd
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -570,27 +569,8 @@ class Database:
             path = write_snapshot(self.config.data_dir / "snapshots", at, ts, images)
             self.last_snapshot_offset = at
             self.snapshot_due = False
-            self._prune()
+            prune(self.config.data_dir, self.config.keep_snapshots)
             return path
-
-    def _prune(self) -> None:
-        """Keep ``keep_snapshots`` snapshots and the log segments needed after the oldest."""
-        from core.recovery import list_segments
-
-        assert self.config.data_dir is not None
-        snaps = list_snapshots(self.config.data_dir / "snapshots")
-        for _, p in snaps[self.config.keep_snapshots :]:
-            p.unlink()
-            log.info("old snapshot %s removed", p.name)
-        kept = snaps[: self.config.keep_snapshots]
-        if len(kept) < self.config.keep_snapshots:
-            return
-        oldest = kept[-1][0]
-        segs = list_segments(self.config.data_dir / "wal")
-        for (_, p), (nxt, _) in itertools.pairwise(segs):
-            if nxt <= oldest + 1:
-                p.unlink()
-                log.info("log segment %s removed (covered by snapshot %d)", p.name, oldest)
 
     # ---------------------------------------------------------------- closing
 
