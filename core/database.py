@@ -251,18 +251,23 @@ class Database:
         args: Any = None,
         caller: str = SYSTEM_IDENTITY,
         then: Then | None = None,
+        bypass_rls: bool = False,
     ) -> CommitResult:
         """Run a reducer in one transaction and commit it (does not wait for durability).
 
         ``then(ctx, value)``, if given, runs in the same transaction after the reducer
         returned: the server records a call's request id this way, so the record commits
-        (or rolls back) together with the reducer's effects.
+        (or rolls back) together with the reducer's effects. The reducer's table handles
+        enforce row-level security for ``caller`` unless it is the system identity or
+        ``bypass_rls`` is set (a declared system identity).
         """
         entry = self.reducers.get(reducer)
         if entry is None or entry[0].kind != "reducer":
             raise NoSuchReducer(f"no reducer named {reducer!r}")
         rdef, fn = entry
-        return self._run(reducer, fn, bind_arguments(rdef, args), caller, then=then)
+        return self._run(
+            reducer, fn, bind_arguments(rdef, args), caller, then=then, bypass_rls=bypass_rls
+        )
 
     def call_sync(
         self, reducer: str, args: Any = None, caller: str = SYSTEM_IDENTITY
@@ -303,6 +308,7 @@ class Database:
         caller: str,
         schema: list[TableDef] | None = None,
         then: Then | None = None,
+        bypass_rls: bool = True,
     ) -> CommitResult:
         if self._closed:
             raise StoreClosed("the store is closed")

@@ -34,6 +34,7 @@ from core.schema import (
     IndexKind,
     ModuleDef,
     ParamDef,
+    PolicyDef,
     ReducerDef,
     ReducerKind,
     ScheduleDef,
@@ -73,6 +74,16 @@ def btree(name: str, *columns: str, unique: bool = False) -> IndexDef:
     return IndexDef(name=name, columns=tuple(columns), kind="btree", unique=unique)
 
 
+def read_policy(name: str, predicate: str) -> PolicyDef:
+    """Non-system callers see only rows for which ``predicate`` (SQL) holds."""
+    return PolicyDef(name=name, kind="read", predicate=predicate)
+
+
+def write_policy(name: str, predicate: str) -> PolicyDef:
+    """Non-system callers may insert, update or delete only rows for which it holds."""
+    return PolicyDef(name=name, kind="write", predicate=predicate)
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -85,6 +96,7 @@ def table_def_from_class(
     indexes: Iterable[IndexDef],
     unique: Iterable[str | Sequence[str]],
     public: bool,
+    policies: Iterable[PolicyDef] = (),
 ) -> TableDef:
     hints = typing.get_type_hints(cls)
     columns: list[ColumnDef] = []
@@ -130,6 +142,7 @@ def table_def_from_class(
         primary_key=pk,
         indexes=tuple(extra),
         public=public,
+        policies=tuple(policies),
     ).validate()
 
 
@@ -230,6 +243,7 @@ class Module:
         indexes: Iterable[IndexDef] = (),
         unique: Iterable[str | Sequence[str]] = (),
         public: bool = True,
+        policies: Iterable[PolicyDef] = (),
     ) -> Any:
         def wrap(c: type) -> type:
             tdef = table_def_from_class(
@@ -239,6 +253,7 @@ class Module:
                 indexes=indexes,
                 unique=unique,
                 public=public,
+                policies=policies,
             )
             self.add_table(tdef)
             c.__table__ = tdef  # type: ignore[attr-defined]

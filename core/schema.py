@@ -49,6 +49,22 @@ class IndexDef(msgspec.Struct, frozen=True, omit_defaults=True):
     unique: bool = False
 
 
+PolicyKind = Literal["read", "write"]
+
+
+class PolicyDef(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A row-level security policy: a SQL predicate over the row, ``:sender`` and tables.
+
+    Read policies decide which rows a (non-system) caller can see; write policies which
+    rows it may create, change or delete (without any, the read policies apply to writes
+    too). Several policies of one kind are OR-ed.
+    """
+
+    name: str
+    kind: PolicyKind
+    predicate: str
+
+
 class TableDef(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str
     columns: tuple[ColumnDef, ...]
@@ -56,6 +72,7 @@ class TableDef(msgspec.Struct, frozen=True, omit_defaults=True):
     indexes: tuple[IndexDef, ...] = ()
     public: bool = True
     system: bool = False
+    policies: tuple[PolicyDef, ...] = ()
 
     def column_index(self, name: str) -> int:
         for i, c in enumerate(self.columns):

@@ -126,7 +126,10 @@ class SubscriptionManager:
         return q
 
     def subscribe(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        sender: str | None = None,
     ) -> tuple[Subscription, list[tuple]]:
         """Compile (or share) the circuit; returns the subscription and its current rows.
 

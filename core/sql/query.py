@@ -34,7 +34,7 @@ class QueryResult:
     offset: int  # the offset of the snapshot the rows were read from
 
 
-def _lower(db: Database, sql: str, params: Any) -> Query:
+def _lower(db: Database, sql: str, params: Any, sender: str | None = None) -> Query:
     def lookup(name: str) -> TableDef | None:
         store = db.stores.get(name)
         if store is None or store.tdef.system:
@@ -45,17 +45,27 @@ def _lower(db: Database, sql: str, params: Any) -> Query:
 
 
 def run_query(
-    db: Database, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    db: Database,
+    sql: str,
+    params: Sequence[Any] | Mapping[str, Any] | None = None,
+    sender: str | None = None,
 ) -> QueryResult:
-    """Run one read-only query; raises ``SqlError``/``UnsupportedSql`` for bad SQL."""
-    return _run(db, _lower(db, sql, params))
+    """Run one read-only query; raises ``SqlError``/``UnsupportedSql`` for bad SQL.
+
+    ``sender`` is the identity the query runs as: row-level security and private tables
+    apply to it. ``None`` is the system (every row of every non-system table).
+    """
+    return _run(db, _lower(db, sql, params, sender))
 
 
 async def run_query_async(
-    db: Database, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    db: Database,
+    sql: str,
+    params: Sequence[Any] | Mapping[str, Any] | None = None,
+    sender: str | None = None,
 ) -> QueryResult:
     """``run_query`` for an event loop: slow AS OF reads from disk go to a worker thread."""
-    q = _lower(db, sql, params)
+    q = _lower(db, sql, params, sender)
     if db.reads_from_disk(q.as_of_offset, q.as_of_timestamp):
         return await asyncio.to_thread(_run, db, q)
     return _run(db, q)
