@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from core.changeset import Changeset, TableChange
 from core.config import StoreConfig
 from core.datadir import lock, prune
@@ -39,6 +41,7 @@ from core.errors import (
 from core.module import Module, ReducerFn, bind_arguments
 from core.reads import ReadSnapshot
 from core.recovery import RecoveredState, recover, retained_from
+from core.rls import SecuredViews, validate_policies
 from core.scheduler import SCHEDULE_TABLE, Scheduler
 from core.schema import ColumnDef, ReducerDef, TableDef, to_builtins
 from core.snapshot import TableImage, write_snapshot
@@ -97,6 +100,9 @@ class Database:
         self.lifecycle: dict[str, list[str]] = {"client_connected": [], "client_disconnected": []}
         self.modules: list[Module] = []
         self.view = DbView({})
+        self._handles: dict[str, TableHandle] = {}
+        self._policed: list[TableStore] = []
+        self._secured = SecuredViews(self)
         self.scheduler = Scheduler(self)
         self.offset = 0
         self.timestamp = 0
@@ -205,11 +211,17 @@ class Database:
             stored = self.stores.get(t.name)
             if stored is None:
                 new.append(t)
-            elif stored.tdef != t:
+            elif msgspec.structs.replace(stored.tdef, policies=t.policies) != t:
                 raise SchemaError(
                     f"table {t.name!r}: the declared schema differs from the stored one"
                     " (schema migrations are not supported yet)"
                 )
+        # policies are code, not data: the declared ones apply, checked before any commit
+        validate_policies({t.name: TableStore(t) for t in declared})
+        for t in declared:
+            stored = self.stores.get(t.name)
+            if stored is not None and stored.tdef.policies != t.policies:
+                stored.tdef = t
         if new:
 
             def create(ctx: ReducerContext) -> None:
@@ -241,7 +253,18 @@ class Database:
         return install
 
     def _rebuild_view(self) -> None:
-        self.view = DbView({n: TableHandle(self, s) for n, s in self.stores.items()})
+        self._handles = {n: TableHandle(self, s) for n, s in self.stores.items()}
+        self.view = DbView(self._handles)
+        self._policed = [s for s in self.stores.values() if s.tdef.policies and not s.tdef.system]
+
+    def _secured_view(self, sender: str) -> DbView:
+        """``ctx.db`` for a non-system caller: policed tables behind ``SecuredHandle``s."""
+        handles = dict(self._handles)
+        for store in self._policed:
+            h = self._secured.handle(store, sender)
+            if h is not None:
+                handles[store.name] = h
+        return DbView(handles)
 
     # ---------------------------------------------------------------- writing
 
@@ -327,6 +350,8 @@ class Database:
         self._tx = tx
         try:
             ctx = ReducerContext(self, tx)
+            if not bypass_rls and caller != SYSTEM_IDENTITY and self._policed:
+                ctx.db = self._secured_view(caller)
             value = fn(ctx, *argv)
             if value is not None:
                 value = check(ColumnType.JSON, True, value, f"return value of {name!r}")

@@ -50,6 +50,12 @@ class NoSuchTable(StoreError):
     code = "no_such_table"
 
 
+class PolicyViolation(StoreError):
+    """A write by a non-system caller broke a table's row-level security policy."""
+
+    code = "permission_denied"
+
+
 class ReducerError(StoreError):
     """Raised by a reducer to reject a call; the transaction rolls back."""
 

@@ -23,8 +23,8 @@ from core.dbsp.circuit import Circuit
 from core.dbsp.source import thaw
 from core.dbsp.zset import ZSet, expand, zmerge
 from core.errors import SqlError
+from core.rls import lower_for
 from core.sql import ir
-from core.sql.lower import lower_sql
 
 log = logging.getLogger("voicehub.subscriptions")
 
@@ -119,8 +119,14 @@ class SubscriptionManager:
             return None
         return store.tdef
 
-    def compile(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None) -> ir.Query:
-        q = lower_sql(sql, params, self._schema)
+    def compile(
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] | None,
+        sender: str | None = None,
+    ) -> ir.Query:
+        """Lower a subscription query as ``sender`` sees the data (None: unrestricted)."""
+        q = lower_for(self.db.stores, sql, params, sender)
         if q.as_of_offset is not None or q.as_of_timestamp is not None:
             raise SqlError("AS OF is for one-off queries; a subscription follows the live state")
         return q
@@ -135,7 +141,7 @@ class SubscriptionManager:
 
         The rows are the result at ``db.offset``; every later commit arrives via hooks.
         """
-        q = self.compile(sql, params)
+        q = self.compile(sql, params, sender)
         key = repr(q.root)
         inst = self.instances.get(key)
         if inst is None:

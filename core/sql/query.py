@@ -3,7 +3,9 @@
 ``run_query`` reads one MVCC snapshot: the point named by ``FOR SYSTEM_TIME AS OF`` (an
 offset or a timestamp) when the query has one, else the newest visible offset. The
 snapshot is always closed before returning, so a query never holds back garbage
-collection. System tables (``TableDef.system``) are invisible to SQL.
+collection. System tables (``TableDef.system``) are invisible to SQL; for a ``sender``
+(any caller but the system) private tables are too, and row-level security policies are
+folded into the plan (``core.rls``) before it runs.
 ``run_query_async`` is the same for an event loop: an AS OF point that must be rebuilt from
 snapshots and the log is read on a worker thread (that state is private to the thread);
 every other read runs inline, because live MVCC structures belong to the loop's thread.
@@ -16,10 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.schema import TableDef
+from core.rls import lower_for
 from core.sql.executor import execute_plan
 from core.sql.ir import Query
-from core.sql.lower import lower_sql
 
 if TYPE_CHECKING:
     from core.database import Database
@@ -35,13 +36,7 @@ class QueryResult:
 
 
 def _lower(db: Database, sql: str, params: Any, sender: str | None = None) -> Query:
-    def lookup(name: str) -> TableDef | None:
-        store = db.stores.get(name)
-        if store is None or store.tdef.system:
-            return None
-        return store.tdef
-
-    return lower_sql(sql, params, lookup)
+    return lower_for(db.stores, sql, params, sender)
 
 
 def run_query(
