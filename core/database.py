@@ -357,6 +357,8 @@ class Database:
                 value = check(ColumnType.JSON, True, value, f"return value of {name!r}")
             if then is not None:
                 then(ctx, value)
+            if tx.doomed is not None:
+                raise tx.doomed
         except BaseException as e:
             self._tx = None
             tx.rollback()

@@ -43,7 +43,6 @@ from core.sql.parse import Params, parse
 from core.sql.plan_util import and_all
 from core.storage.table import TableStore
 from core.transaction import TableHandle
-from core.types import ColumnType
 
 if TYPE_CHECKING:
     from core.database import Database
@@ -76,8 +75,10 @@ class TablePolicies:
 
     def __init__(self, tdef: TableDef) -> None:
         self.tdef = tdef
-        self.read = self._branches(tdef, [p for p in tdef.policies if p.kind == "read"])
+        reads = [p for p in tdef.policies if p.kind == "read"]
         writes = [p for p in tdef.policies if p.kind == "write"]
+        # None: unrestricted (a table with only write policies is readable by everyone)
+        self.read = self._branches(tdef, reads) if reads else None
         self.write = self._branches(tdef, writes) if writes else self.read
 
     @staticmethod
@@ -169,15 +170,13 @@ class PolicyCompiler:
     def _secure_scan(self, scan: ir.Scan, sender: str, tables: list[str]) -> ir.Node:
         tdef = self.unrestricted(scan.table)
         pol = None if tdef is None else self.policies(tdef)
-        if tdef is None or pol is None:
+        if tdef is None or pol is None or pol.read is None:
             return scan
-        if not pol.read:
-            return _nothing(scan)
         branches = []
         for node in self.branch_plans(tdef, pol.read, sender):
             base = _base_scan(node)
             if scan.filter is not None:
-                base.filter = scan.filter if base.filter is None else _and(scan.filter, base.filter)
+                base.filter = scan.filter if base.filter is None else _and(base.filter, scan.filter)
             base.dispatch = list(scan.dispatch) + list(base.dispatch)
             base.alias = scan.alias
             n: ir.Node | None = node
@@ -197,12 +196,6 @@ def _and(a: ir.Expr, b: ir.Expr) -> ir.Expr:
     e = and_all([a, b])
     assert e is not None
     return e
-
-
-def _nothing(scan: ir.Scan) -> ir.Node:
-    scan.filter = ir.Const(False, ColumnType.BOOL)
-    scan.dispatch = []
-    return scan
 
 
 def _left_child(n: ir.Node) -> ir.Node | None:
@@ -247,7 +240,7 @@ def validate_policies(stores: Mapping[str, TableStore]) -> None:
         pol = comp.policies(store.tdef)
         if pol is None:
             continue
-        for wheres in (pol.read, pol.write):
+        for wheres in (pol.read or [], pol.write or []):
             for node in comp.branch_plans(store.tdef, wheres, _VALIDATION_SENDER):
                 _base_scan(node)
 
@@ -308,9 +301,11 @@ RowTest = Callable[[tuple], bool]
 class RowPolicy:
     """Per-row tests compiled from one table's policy branches for one sender."""
 
-    def __init__(self, stores: Mapping[str, TableStore], branches: list[ir.Node]) -> None:
+    def __init__(self, stores: Mapping[str, TableStore], branches: list[ir.Node] | None) -> None:
+        """``branches`` None: every row passes."""
         self._stores = stores
-        self._branches = [self._compile(b) for b in branches]
+        self.unrestricted = branches is None
+        self._branches = [self._compile(b) for b in branches or []]
 
     def _compile(self, node: ir.Node) -> list[tuple[str, Any, Any]]:
         steps: list[tuple[str, Any, Any]] = []
@@ -339,6 +334,9 @@ class RowPolicy:
                 keys[id(spec)] = got
             return got
 
+        if self.unrestricted:
+            return _always
+
         def admits(row: tuple) -> bool:
             for steps in self._branches:
                 for kind, f, spec in steps:
@@ -356,6 +354,10 @@ class RowPolicy:
         return admits
 
 
+def _always(row: tuple) -> bool:
+    return True
+
+
 class SecuredHandle(TableHandle):
     """A reducer's handle on a policed table, for a non-system caller."""
 
@@ -370,9 +372,11 @@ class SecuredHandle(TableHandle):
 
     def _check_write(self, row: tuple, what: str) -> None:
         if not self._write.tester()(row):
-            raise PolicyViolation(
+            err = PolicyViolation(
                 f"{what} on table {self.name!r} is not allowed by its row-level security policy"
             )
+            self._tx().doomed = err
+            raise err
 
     # ---- reads
 
@@ -416,9 +420,11 @@ class SecuredHandle(TableHandle):
         pk = self._store.pk_of(self._build_preview(values))
         old = self._store.get(pk)
         if old is None or not self._read.tester()(old):
-            raise PolicyViolation(
+            err = PolicyViolation(
                 f"update on table {self.name!r}: no visible row with this primary key"
             )
+            self._tx().doomed = err
+            raise err
         self._check_write(old, "update")
         r = super().update(row, **changes)
         self._check_write(r, "update")
@@ -452,12 +458,12 @@ class SecuredViews:
             comp = PolicyCompiler(self.db.stores)
             pol = comp.policies(tdef)
             assert pol is not None
-            read = RowPolicy(self.db.stores, comp.branch_plans(tdef, pol.read, sender))
-            write = (
-                read
-                if pol.write is pol.read
-                else RowPolicy(self.db.stores, comp.branch_plans(tdef, pol.write, sender))
-            )
+
+            def plans(wheres: list[str] | None) -> list[ir.Node] | None:
+                return None if wheres is None else comp.branch_plans(tdef, wheres, sender)
+
+            read = RowPolicy(self.db.stores, plans(pol.read))
+            write = read if pol.write is pol.read else RowPolicy(self.db.stores, plans(pol.write))
             if len(self._cache) > 4096:
                 self._cache.clear()
             hit = (tdef, read, write)

@@ -25,6 +25,7 @@ _MISSING: Any = object()
 class Transaction:
     __slots__ = (
         "caller",
+        "doomed",
         "offset",
         "reducer",
         "saved_seqs",
@@ -41,6 +42,9 @@ class Transaction:
         self.touched: dict[TableStore, Touched] = {}
         self.saved_seqs: dict[TableStore, dict[int, int]] = {}
         self.schedule_ops = 0
+        # set by a refused write (row-level security): the transaction can only roll back,
+        # even if the reducer catches the exception
+        self.doomed: StoreError | None = None
 
     def touched_for(self, store: TableStore) -> Touched:
         t = self.touched.get(store)
