@@ -23,6 +23,7 @@ HTTP_STATUS: dict[str, int] = {
     "unsupported_sql": 400,
     "no_such_table": 400,
     "unauthorized": 401,
+    "permission_denied": 403,
     "not_found": 404,
     "no_such_reducer": 404,
     "method_not_allowed": 405,
@@ -46,7 +47,7 @@ HTTP_STATUS: dict[str, int] = {
 
 # Outcomes of a reducer that ran and rolled back: the same request id gets the same answer.
 REMEMBERED_FAILURES = frozenset(
-    {"reducer_error", "reducer_failed", "constraint_violation", "type_error"}
+    {"reducer_error", "reducer_failed", "constraint_violation", "type_error", "permission_denied"}
 )
 
 
