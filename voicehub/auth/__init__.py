@@ -1,0 +1,1 @@
+"""Authentication: identities, tokens, passwords, magic links and passkeys."""
