@@ -29,6 +29,7 @@ import server_app
 import websockets
 
 from voicehub.app import Node, Settings, open_node
+from voicehub.auth.settings import AuthSettings
 from voicehub.server import ServerConfig, bind, make_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,14 +64,25 @@ async def running(
     data_dir: Path | None,
     durability: str = "durable",
     history_commits: int = 10_000,
+    auth: dict[str, Any] | None = None,
+    clock: Any = None,
+    modules: list[Any] | None = None,
     **cfg: Any,
 ) -> AsyncIterator[Running]:
+    """A node on a free port; ``auth`` overrides ``AuthSettings`` fields, ``clock`` (wall
+    seconds) drives token/lockout/link expiry, ``modules`` are loaded after ``server_app``."""
     settings = Settings(
         durability=durability if data_dir is not None else "none",
         history_commits=history_commits,
     )
     settings.data_dir = data_dir  # type: ignore[assignment]  # None: memory only
-    node = open_node(settings, extra_modules=[server_app.app], cfg=ServerConfig(**cfg))
+    node = open_node(
+        settings,
+        extra_modules=[server_app.app, *(modules or [])],
+        cfg=ServerConfig(**cfg),
+        clock=clock or time.time,
+        auth=AuthSettings(data_dir=data_dir, **auth) if auth is not None else None,
+    )
     await node.start()
     sock = bind("127.0.0.1", 0)
     server = make_server(node.app, node.hub, "warning")

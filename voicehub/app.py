@@ -1,25 +1,31 @@
 """The composition root: turns settings into a running node (store, modules, server).
 
 Only this module (and the CLI above it) wires the layers together: the server's own
-system module is installed first, then the user modules, and the hub and ASGI app sit on
-the database.
+system modules (sessions and request ids, identities and credentials) are installed
+first, then the user modules; the auth service, the hub and the ASGI app sit on the
+database.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from core import Database, StoreConfig, StoreError
 from core.module import Module
 from core.runtime import StoreRuntime
 from modules.python_host import ModuleLoadError, load_modules
+from voicehub.auth.service import AuthService
+from voicehub.auth.settings import AuthSettings
 from voicehub.config import Settings
 from voicehub.server import Hub, ServerConfig, ServerSystem, create_app
+from voicehub.server.system import SESSIONS
 
 log = logging.getLogger("voicehub.app")
 
-__all__ = ["Node", "Settings", "StartupError", "open_node", "server_config"]
+__all__ = ["Node", "Settings", "StartupError", "auth_settings", "open_node", "server_config"]
 
 
 class StartupError(Exception):
@@ -29,10 +35,13 @@ class StartupError(Exception):
 class Node:
     """One running voicehub: the database, its async runtime, the server's hub and app."""
 
-    def __init__(self, db: Database, system: ServerSystem, cfg: ServerConfig) -> None:
+    def __init__(
+        self, db: Database, system: ServerSystem, cfg: ServerConfig, auth: AuthService
+    ) -> None:
         self.db = db
         self.runtime = StoreRuntime(db)
-        self.hub = Hub(db, system, cfg)
+        self.auth = auth
+        self.hub = Hub(db, system, cfg, auth)
         self.app: Any = create_app(self.hub)
 
     async def start(self) -> None:
@@ -65,9 +74,39 @@ def server_config(settings: Settings) -> ServerConfig:
     )
 
 
+def auth_settings(settings: Settings) -> AuthSettings:
+    public_url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    return AuthSettings(
+        data_dir=settings.data_dir,
+        token_ttl_s=settings.token_ttl_s,
+        registration=settings.registration,
+        allow_anonymous=settings.allow_anonymous,
+        public_url=public_url,
+        rp_id=settings.rp_id,
+        rp_name=settings.rp_name,
+        rp_origin=settings.rp_origin,
+        smtp_host=settings.smtp_host,
+        smtp_port=settings.smtp_port,
+        smtp_user=settings.smtp_user,
+        smtp_password=settings.smtp_password,
+        smtp_from=settings.smtp_from,
+        smtp_starttls=settings.smtp_starttls,
+        magic_link_ttl_s=settings.magic_link_ttl_s,
+        password_max_failures=settings.password_max_failures,
+        password_lockout_s=settings.password_lockout_s,
+    )
+
+
 def open_node(
-    settings: Settings, extra_modules: list[Module] | None = None, cfg: ServerConfig | None = None
+    settings: Settings,
+    extra_modules: list[Module] | None = None,
+    cfg: ServerConfig | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    auth: AuthSettings | None = None,
 ) -> Node:
+    """Open the store and build the node; ``clock`` (wall seconds) drives token, lockout
+    and link expiry (tests inject one); ``auth`` overrides the settings' auth part."""
     mods = load_user_modules(settings.modules) + list(extra_modules or [])
     store_cfg = StoreConfig(
         data_dir=settings.data_dir,
@@ -76,9 +115,18 @@ def open_node(
         history_commits=settings.history_commits,
         snapshot_every=settings.snapshot_every,
     )
+    try:
+        auth_cfg = auth or auth_settings(settings)
+    except ValueError as e:
+        raise StartupError(str(e)) from None
     system = ServerSystem()
     try:
         db = Database.open(system.modules(mods), store_cfg)
     except StoreError as e:
         raise StartupError(f"cannot open the store at {settings.data_dir}: {e}") from None
-    return Node(db, system, cfg or server_config(settings))
+    try:
+        service = AuthService(db, auth_cfg, clock=clock, sessions_table=SESSIONS)
+    except (OSError, ValueError) as e:
+        db.close()
+        raise StartupError(f"cannot load the server key: {e}") from None
+    return Node(db, system, cfg or server_config(settings), service)

@@ -1,7 +1,9 @@
-"""The ``voicehub`` command line: ``serve`` and ``db check``.
+"""The ``voicehub`` command line: ``serve``, ``db check``, and remote ``sql``/``call``/``identity``.
 
 Each ``serve`` flag also has an environment variable (``VOICEHUB_<NAME>``) and a TOML key
-in the ``--config`` file; flags win over the environment, which wins over the file.
+in the ``--config`` file; flags win over the environment, which wins over the file. The
+remote commands (``voicehub.remote``) talk to a running server's REST API with the owner
+token.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from voicehub import app
+from voicehub import app, remote
 from voicehub.config import resolve
 
 log = logging.getLogger("voicehub")
@@ -67,6 +69,42 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="graceful shutdown: seconds to drain calls and send queues (default 10)",
     )
+    a = p.add_argument_group("authentication (docs/security.md)")
+    a.add_argument("--token-ttl-s", type=float, help="lifetime of a session token (3600)")
+    a.add_argument(
+        "--registration",
+        choices=["open", "approval", "closed"],
+        help="open: new identities start active (default); approval: an admin activates"
+        " them; closed: only admins create identities",
+    )
+    a.add_argument(
+        "--allow-anonymous",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve sessions and REST requests without credentials (default yes)",
+    )
+    a.add_argument("--public-url", help="external base URL, for magic links (http://<host>:<port>)")
+    a.add_argument("--rp-id", help="WebAuthn relying party id (the public URL's host)")
+    a.add_argument("--rp-name", help="WebAuthn relying party name (voicehub)")
+    a.add_argument("--rp-origin", help="WebAuthn origin (the public URL's scheme://host:port)")
+    a.add_argument("--smtp-host", help="send magic links by SMTP (default: to auth_outbox)")
+    a.add_argument("--smtp-port", type=int, help="SMTP port (587)")
+    a.add_argument("--smtp-user", help="SMTP login user")
+    a.add_argument("--smtp-password", help="SMTP password (prefer VOICEHUB_SMTP_PASSWORD)")
+    a.add_argument("--smtp-from", help="sender address (voicehub@localhost)")
+    a.add_argument(
+        "--smtp-starttls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="STARTTLS before login (default yes)",
+    )
+    a.add_argument("--magic-link-ttl-s", type=float, help="lifetime of a magic link (900)")
+    a.add_argument(
+        "--password-max-failures",
+        type=int,
+        help="consecutive wrong passwords before a lockout (5)",
+    )
+    a.add_argument("--password-lockout-s", type=float, help="length of a lockout (900)")
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
 
@@ -80,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chk = db.add_parser("check", help="verify every snapshot and log segment (read-only)")
     chk.add_argument("--data-dir", default="./voicehub-data")
+    remote.add_parsers(sub)
     return parser
 
 
@@ -161,4 +200,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(cmd_serve(args))
     if args.command == "db" and args.db_command == "check":
         raise SystemExit(cmd_db_check(args))
+    if getattr(args, "remote", None) is not None:
+        raise SystemExit(remote.run(args))
     raise SystemExit(2)

@@ -28,18 +28,70 @@ class Settings:
     session_ttl_s: float = 86_400.0
     send_queue_limit: int = 4096
     shutdown_timeout_s: float = 10.0
+    # authentication (voicehub.auth.settings.AuthSettings; docs/security.md)
+    token_ttl_s: float = 3600.0
+    registration: str = "open"
+    allow_anonymous: bool = True
+    public_url: str = ""
+    rp_id: str = ""
+    rp_name: str = "voicehub"
+    rp_origin: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_from: str = "voicehub@localhost"
+    smtp_starttls: bool = True
+    magic_link_ttl_s: float = 900.0
+    password_max_failures: int = 5
+    password_lockout_s: float = 900.0
 
 
 ENV_PREFIX = "VOICEHUB_"
 
 
+_INTS = frozenset(
+    {
+        "port",
+        "interval_ms",
+        "history_commits",
+        "snapshot_every",
+        "send_queue_limit",
+        "smtp_port",
+        "password_max_failures",
+    }
+)
+_POSITIVE = frozenset(
+    {
+        "idempotency_window_s",
+        "session_ttl_s",
+        "shutdown_timeout_s",
+        "token_ttl_s",
+        "magic_link_ttl_s",
+        "password_lockout_s",
+    }
+)
+_BOOLS = frozenset({"allow_anonymous", "smtp_starttls"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("port", "interval_ms", "history_commits", "snapshot_every", "send_queue_limit"):
+    if name in _INTS:
         try:
             return int(value)
         except (TypeError, ValueError):
             raise ValueError(f"setting {name!r} must be an integer, got {value!r}") from None
-    if name in ("idempotency_window_s", "session_ttl_s", "shutdown_timeout_s"):
+    if name in _BOOLS:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"setting {name!r} must be true or false, got {value!r}")
+    if name == "registration" and value not in ("open", "approval", "closed"):
+        raise ValueError(f"registration must be open, approval or closed, not {value!r}")
+    if name in _POSITIVE:
         try:
             f = float(value)
         except (TypeError, ValueError):

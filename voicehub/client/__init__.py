@@ -10,10 +10,12 @@
     await client.close()
 
 ``SyncClient`` offers the same with blocking methods for scripts. The modules:
-``connection`` (the client, reconnect and resume), ``backoff`` (when and how to
-reconnect), ``cache`` (subscription rows and callbacks), ``keys`` (when updates can be
-folded by primary key), ``wire`` (the message format and results), ``errors``, ``sync``.
-The SDK needs only ``msgspec`` and ``websockets``.
+``connection`` (the client, reconnect and resume), ``apply`` (server messages applied to
+results and caches), ``backoff`` (when and how to reconnect), ``cache`` (subscription
+rows and callbacks), ``keys`` (when updates can be folded by primary key), ``machine``
+(Ed25519 key login), ``wire`` (the message format and results), ``errors``, ``sync``.
+The SDK needs only ``msgspec`` and ``websockets`` (``machine``, the Ed25519 key login
+used with ``key_path``, also needs ``cryptography``).
 """
 
 from voicehub.client.cache import Changes, Subscription
@@ -21,6 +23,7 @@ from voicehub.client.connection import Client
 from voicehub.client.errors import (
     ClientClosed,
     ConnectionLost,
+    IdentityNotActive,
     ServerError,
     SessionTakenOver,
     VoicehubError,
@@ -36,6 +39,7 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ConnectionLost",
+    "IdentityNotActive",
     "QueryRows",
     "ServerError",
     "SessionTakenOver",

@@ -21,7 +21,14 @@ Reconnect and resume: when the socket drops (a network error, close 1001 "going 
 get the difference). Subscriptions the server did not restore are subscribed again, and
 calls that were in flight are sent again with the *same* request id (the server runs a
 request id once and answers retries with the stored outcome), as are pending queries.
-Close 4001 (session taken over) and other close codes end the client.
+Close 4001 (session taken over), 4003 (the identity was suspended or revoked:
+``IdentityNotActive``) and other close codes end the client.
+
+Identity: with ``key_path`` the client keeps an Ed25519 key pair in that file (created
+on first use, mode 0600) and logs in by challenge before every ``hello`` - so each
+reconnect carries a fresh token; with ``token`` it presents that pre-issued token; with
+neither the session is anonymous (if the server allows it). ``authenticate(token)``
+logs an established session in; the server then re-sends every subscription in full.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import copy
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -40,50 +47,47 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from voicehub.client.backoff import RECONNECT_CODES, TAKEN_OVER, TRANSIENT_ERRORS, retry
-from voicehub.client.cache import Changes, Subscription
+from voicehub.client.apply import MessageApplier, TxCallback, _Pending
+from voicehub.client.backoff import (
+    IDENTITY_INACTIVE,
+    RECONNECT_CODES,
+    TAKEN_OVER,
+    retry,
+)
+from voicehub.client.cache import Subscription
 from voicehub.client.errors import (
     ClientClosed,
     ConnectionLost,
+    IdentityNotActive,
     ServerError,
     SessionTakenOver,
 )
 from voicehub.client.keys import KeyResolver
 from voicehub.client.wire import (
-    AnyServerMessage,
+    Authenticated,
     CallOutcome,
-    CallResult,
     Encoder,
     Error,
-    QueryResult,
     QueryRows,
     Session,
-    Subscribed,
-    TxUpdate,
-    Unsubscribed,
     decode,
-    decode_bytes,
 )
 
 log = logging.getLogger("voicehub.client")
 
-TxCallback = Callable[[int, list[Changes]], object]
 
-
-@dataclass
-class _Pending:
-    data: str | bytes
-    future: asyncio.Future[Any]
-
-
-class Client:
+class Client(MessageApplier):
     """A voicehub session over one (re)connecting WebSocket. Use ``Client.connect``.
 
     Options: ``session_token`` resumes an existing session (its subscriptions arrive in
     full, as ``Subscription`` objects with ``sql=None``); ``encoding`` ``"json"``
     (subprotocol ``v1.json``) or ``"msgpack"`` (``v1.msgpack``); ``reconnect`` and
-    ``reconnect_timeout_s`` (None: keep trying); ``auth_token`` is sent as
-    ``Authorization: Bearer`` (also on the ``/v1/schema`` read), ``headers`` as they are;
+    ``reconnect_timeout_s`` (None: keep trying); ``key_path`` (a machine identity: an
+    Ed25519 key file, created if missing, used to log in before every connection) or
+    ``token`` (a pre-issued session or owner token) sent as ``auth_token`` in ``hello``
+    and as the bearer of the ``/v1/schema`` read; ``display_name`` names a machine
+    identity on its first login; ``auth_token`` is sent as ``Authorization: Bearer`` on
+    the upgrade request (the server accepts a token there too), ``headers`` as they are;
     ``as_dict`` makes rows dicts by default; ``proxy`` is passed to ``websockets``
     (default: none, not the environment's).
     """
@@ -102,10 +106,21 @@ class Client:
         headers: dict[str, str] | None = None,
         as_dict: bool = False,
         proxy: str | Literal[True] | None = None,
+        key_path: str | Path | None = None,
+        token: str | None = None,
+        display_name: str | None = None,
     ) -> None:
         self.url = url
         self.session_token = session_token
         self.identity: str | None = None
+        self.kind: str | None = None
+        """The session identity's kind (``anonymous``, ``machine``, ``human``, ...)."""
+        self.key_path = None if key_path is None else Path(key_path)
+        self.token = token
+        """The token presented in ``hello`` (refreshed before each connection with a key)."""
+        self.token_expires_at: int | None = None
+        self.display_name = display_name
+        self._key: Any = None
         self.resumed = False
         """Whether the last ``session`` answer said ``resumed: true``."""
         self.last_offset = 0
@@ -122,7 +137,10 @@ class Client:
         self.proxy = proxy
         self.closed = False
         self._enc = Encoder(encoding)
-        self._keys = KeyResolver(url, self.headers)
+        self._keys = KeyResolver(url, dict(self.headers))
+        if token is not None:
+            self._keys.headers["Authorization"] = f"Bearer {token}"
+        self._auth_waiter: asyncio.Future[Authenticated] | None = None
         self._have_offset = False
         self._prefix = secrets.token_hex(6)
         self._seq = 0
@@ -339,8 +357,42 @@ class Client:
 
     # ---------------------------------------------------------------- connecting
 
+    async def _login(self) -> str | None:
+        """The token for the next ``hello``: a fresh machine login with ``key_path``."""
+        if self.key_path is None:
+            return self.token
+        from voicehub.client import machine  # needs cryptography: only for key logins
+
+        if self._key is None:
+            self._key = await asyncio.to_thread(machine.load_or_create_key, self.key_path)
+        out = await asyncio.to_thread(
+            machine.login, self.url, self._key, self.open_timeout_s, self.display_name
+        )
+        self.token = str(out["token"])
+        self.token_expires_at = int(out["expires_at"])
+        self._keys.headers["Authorization"] = f"Bearer {self.token}"
+        return self.token
+
+    async def authenticate(self, token: str, *, timeout: float | None = 10.0) -> None:
+        """Log this session in as ``token``'s identity (subscriptions arrive in full again)."""
+        self._check()
+        ws = self._ws
+        if ws is None:
+            raise ConnectionLost("not connected")
+        fut = asyncio.get_running_loop().create_future()
+        self._auth_waiter = fut
+        try:
+            await self._send(ws, self._enc.encode({"type": "authenticate", "token": token}))
+            msg = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._auth_waiter = None
+        self.token = token
+        self._keys.headers["Authorization"] = f"Bearer {token}"
+        self.identity, self.kind = msg.identity, msg.kind
+
     async def _open(self, initial: bool) -> ClientConnection:
         """Connect, send ``hello``, handle ``session``; re-send what the server lacks."""
+        auth_token = await self._login()
         ws = await ws_connect(
             self.url,
             subprotocols=[self._enc.subprotocol],  # type: ignore[list-item]
@@ -355,6 +407,8 @@ class Client:
         self._sock = ws
         try:
             hello: dict[str, Any] = {"type": "hello"}
+            if auth_token is not None:
+                hello["auth_token"] = auth_token
             if self.session_token is not None:
                 hello["session_token"] = self.session_token
                 if not initial and self._have_offset:
@@ -388,6 +442,7 @@ class Client:
             msg.identity,
             msg.resumed,
         )
+        self.kind = msg.kind
         on_server = set(msg.subscriptions)
         out: list[str | bytes] = []
         for qid, sub in list(self._subs.items()):
@@ -423,6 +478,9 @@ class Client:
             if code == TAKEN_OVER:
                 self._shut(SessionTakenOver(f"session taken over (4001 {reason})", code))
                 return
+            if code == IDENTITY_INACTIVE:
+                self._shut(IdentityNotActive(f"identity not active (4003 {reason})", code))
+                return
             if not self.reconnect or code not in RECONNECT_CODES:
                 self._shut(ConnectionLost(f"connection closed ({code} {reason})", code))
                 return
@@ -452,6 +510,9 @@ class Client:
             table.clear()
         for sub in self._subs.values():
             sub._fail(exc)
+        waiter = self._auth_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
 
     # ---------------------------------------------------------------- reading
 
@@ -479,130 +540,3 @@ class Client:
             with contextlib.suppress(Exception):
                 await ws.close(1002, "undecodable frame")
             return 1006, "undecodable frame"
-
-    def _seen(self, offset: int | None) -> None:
-        if offset is not None:
-            self._have_offset = True
-            if offset > self.last_offset:
-                self.last_offset = offset
-
-    def _dispatch(self, msg: AnyServerMessage) -> None:
-        t = type(msg)
-        if t is TxUpdate:
-            self._on_tx(msg)  # type: ignore[arg-type]
-        elif t is CallResult:
-            self._on_call_result(msg)  # type: ignore[arg-type]
-        elif t is Subscribed:
-            self._on_subscribed(msg)  # type: ignore[arg-type]
-        elif t is QueryResult:
-            self._on_query_result(msg)  # type: ignore[arg-type]
-        elif t is Unsubscribed:
-            assert isinstance(msg, Unsubscribed)
-            self._seen(msg.offset)
-            sub = self._subs.get(msg.query_id)
-            if sub is not None:
-                self._drop_sub(sub)
-        elif t is Error:
-            self._on_error(msg)  # type: ignore[arg-type]
-        elif t is Session:
-            log.warning("unexpected session message ignored")
-
-    def _on_tx(self, msg: TxUpdate) -> None:
-        subs = self._subs
-        off = msg.offset
-        changed: list[Changes] = []
-        for u in msg.updates:
-            sub = subs.get(u.query_id)
-            if sub is not None:
-                ch = sub._apply(u.inserts, u.deletes, off, msg.catch_up)
-                if ch:
-                    changed.append(ch)
-        self._seen(off)
-        for ch in changed:
-            ch.subscription._fire(ch)
-        for cb in self._tx_callbacks:
-            try:
-                cb(off, changed)
-            except Exception:
-                log.exception("transaction callback %r failed", cb)
-
-    def _on_subscribed(self, msg: Subscribed) -> None:
-        self._seen(msg.offset)
-        sub = self._subs.get(msg.query_id)
-        if sub is None:
-            return
-        try:
-            ch = sub._reset(msg.columns, msg.types, msg.rows, msg.offset)
-        except Exception as e:  # rows this SDK cannot hold (a bug): fail, do not hang
-            self._drop_sub(sub, e)
-            raise
-        if not sub.ready.done():
-            sub.ready.set_result(None)
-        if ch:
-            sub._fire(ch)
-
-    def _on_call_result(self, msg: CallResult) -> None:
-        self._seen(msg.offset)
-        p = self._calls.get(msg.request_id)
-        if p is None or p.future.done():
-            return
-        err = msg.error
-        if err is None:
-            off = msg.offset if msg.offset is not None else 0
-            p.future.set_result(CallOutcome(msg.request_id, msg.value, off, msg.replayed))
-        elif not (err.code in TRANSIENT_ERRORS and self.reconnect):
-            p.future.set_exception(ServerError(err.code, err.message, msg.replayed))
-        # a transient refusal (the server is going away): sent again after the reconnect
-
-    def _on_query_result(self, msg: QueryResult) -> None:
-        self._seen(msg.offset)
-        p = self._queries.get(msg.request_id)
-        if p is None or p.future.done():
-            return
-        err = msg.error
-        if err is not None:
-            if not (err.code in TRANSIENT_ERRORS and self.reconnect):
-                p.future.set_exception(ServerError(err.code, err.message))
-            return
-        rows = msg.rows
-        if not self._enc.binary:
-            at = tuple(i for i, t in enumerate(msg.types) if t == "bytes")
-            if at:
-                rows = decode_bytes(rows, at)
-        p.future.set_result(QueryRows(msg.columns, msg.types, rows, msg.offset or 0))
-
-    def _on_error(self, msg: Error) -> None:
-        ref = msg.ref or {}
-        kind = ref.get("type")
-        transient = msg.code in TRANSIENT_ERRORS and self.reconnect
-        exc = ServerError(msg.code, msg.message)
-        if kind in ("call", "query"):
-            table = self._calls if kind == "call" else self._queries
-            p = table.get(ref.get("request_id"))
-            if p is not None and not p.future.done() and not transient:
-                p.future.set_exception(exc)
-                return
-        elif kind == "subscribe":
-            sub = self._subs.get(ref.get("query_id"))
-            if sub is not None and not transient:
-                self._drop_sub(sub, exc)
-                return
-        elif kind == "unsubscribe":
-            sub = self._subs.get(ref.get("query_id"))
-            if sub is not None and sub.unsubscribing is not None:
-                self._drop_sub(sub)  # unknown_query_id: it is gone either way
-                return
-        if not transient:
-            log.warning("server error %s: %s (ref %s)", msg.code, msg.message, ref)
-
-    def _drop_sub(self, sub: Subscription, exc: BaseException | None = None) -> None:
-        if self._subs.get(sub.query_id) is sub:
-            del self._subs[sub.query_id]
-        sub.active = False
-        if exc is not None:
-            sub._fail(exc)
-        else:
-            if not sub.ready.done():
-                sub.ready.cancel()
-            if sub.unsubscribing is not None and not sub.unsubscribing.done():
-                sub.unsubscribing.set_result(None)

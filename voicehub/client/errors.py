@@ -4,7 +4,9 @@
 branch on the code, never on the message. ``ConnectionLost`` means the SDK gave up on the
 connection (reconnect disabled, a close code that forbids reconnecting, or the reconnect
 deadline passed); ``SessionTakenOver`` is the 4001 case (another connection resumed this
-session); ``ClientClosed`` is raised to whatever was still waiting when ``close()`` ran.
+session); ``IdentityNotActive`` is the 4003 case (the identity was suspended or
+revoked: reconnecting cannot help); ``ClientClosed`` is raised to whatever was still
+waiting when ``close()`` ran.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class ConnectionLost(VoicehubError):
 
 class SessionTakenOver(ConnectionLost):
     """Close code 4001: a newer connection resumed this session; this client stops."""
+
+
+class IdentityNotActive(ConnectionLost):
+    """Close code 4003: this client's identity was suspended or revoked; it stops."""
 
 
 class ClientClosed(VoicehubError):

@@ -66,6 +66,14 @@ class Session(ServerMessage, tag="session"):
     resumed: bool
     reason: str | None = None
     subscriptions: list[Any] = []
+    kind: str | None = None
+
+
+class Authenticated(ServerMessage, tag="authenticated"):
+    identity: str
+    kind: str
+    offset: int
+    subscriptions: list[Any] = []
 
 
 class Subscribed(ServerMessage, tag="subscribed"):
@@ -116,7 +124,16 @@ class Error(ServerMessage, tag="error"):
     ref: dict[str, Any] | None = None
 
 
-AnyServerMessage = Session | Subscribed | Unsubscribed | TxUpdate | CallResult | QueryResult | Error
+AnyServerMessage = (
+    Session
+    | Authenticated
+    | Subscribed
+    | Unsubscribed
+    | TxUpdate
+    | CallResult
+    | QueryResult
+    | Error
+)
 
 _json_dec = msgspec.json.Decoder(AnyServerMessage)
 _msgpack_dec = msgspec.msgpack.Decoder(AnyServerMessage)
@@ -147,7 +164,16 @@ def decode(frame: str | bytes, binary: bool) -> AnyServerMessage | None:
 
 
 _KNOWN = frozenset(
-    {"session", "subscribed", "unsubscribed", "tx_update", "call_result", "query_result", "error"}
+    {
+        "session",
+        "authenticated",
+        "subscribed",
+        "unsubscribed",
+        "tx_update",
+        "call_result",
+        "query_result",
+        "error",
+    }
 )
 
 

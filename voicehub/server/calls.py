@@ -14,12 +14,19 @@ Invariant: a request id is never executed twice within the window, across reconn
 restarts, because the check and the commit happen with no ``await`` in between and the
 row commits (and becomes durable) together with the reducer's effects. The caller must
 not release the outcome before its offset is durable (``Hub.wait_durable``).
+
+Invariant: a call runs only for a principal that is active at that moment - its status is
+re-read right before ``db.execute`` with no ``await`` in between, so once a suspension or
+revocation has committed, none of that identity's calls runs (``identity_not_active``).
+The reducer runs as the caller's identity, under row-level security unless the principal
+holds ``bypass_rls``.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -27,6 +34,7 @@ import msgspec
 from core.database import Database
 from core.errors import NoSuchReducer, StoreError
 from core.types import ColumnType
+from voicehub.auth.principal import Principal
 from voicehub.server.codec import decode_bytes_arg
 from voicehub.server.errors import REMEMBERED_FAILURES, ApiError, ReplayedFailure
 from voicehub.server.settings import ServerConfig
@@ -44,11 +52,26 @@ def request_key(request_id: str | int) -> str:
     return msgspec.json.encode(request_id).decode()
 
 
+Refresh = Callable[[Principal], Principal]
+"""Re-reads a principal's status and privileges; raises ``ApiError`` if it is not active."""
+
+
+def _as_is(p: Principal) -> Principal:
+    return p
+
+
 class CallService:
-    def __init__(self, db: Database, system: ServerSystem, cfg: ServerConfig) -> None:
+    def __init__(
+        self,
+        db: Database,
+        system: ServerSystem,
+        cfg: ServerConfig,
+        refresh: Refresh = _as_is,
+    ) -> None:
         self.db = db
         self.system = system
         self.cfg = cfg
+        self.refresh = refresh
         self._failures: OrderedDict[tuple[str, str], tuple[float, str, str]] = OrderedDict()
         self._bytes_params: dict[str, tuple[tuple[int, str], ...]] = {}
         self.executed = 0
@@ -60,8 +83,12 @@ class CallService:
             entry is not None and entry[0].kind == "reducer" and reducer not in self.system.hidden
         )
 
-    def call(self, identity: str, reducer: str, args: Any, request_id: str | int | None) -> Outcome:
+    def call(
+        self, principal: Principal, reducer: str, args: Any, request_id: str | int | None
+    ) -> Outcome:
         """Run (or replay) one call; raises ``StoreError``/``ApiError`` on failure."""
+        principal = self.refresh(principal)
+        identity = principal.identity
         if not self.callable(reducer):
             raise NoSuchReducer(f"no reducer named {reducer!r}")
         key = None if request_id is None else request_key(request_id)
@@ -82,7 +109,9 @@ class CallService:
         args = self._convert(reducer, args)
         then = None if key is None else record_request(identity, key)
         try:
-            res = self.db.execute(reducer, args, identity, then=then)
+            res = self.db.execute(
+                reducer, args, identity, then=then, bypass_rls=principal.bypass_rls
+            )
         except StoreError as e:
             if key is not None and e.code in REMEMBERED_FAILURES:
                 self._remember(identity, key, e.code, e.message)

@@ -34,6 +34,11 @@ class ClientMessage(Struct, tag_field="type", forbid_unknown_fields=False):
 class Hello(ClientMessage, tag="hello"):
     session_token: str | None = None
     last_offset: int | None = None
+    auth_token: str | None = None
+
+
+class Authenticate(ClientMessage, tag="authenticate"):
+    token: str
 
 
 class Subscribe(ClientMessage, tag="subscribe"):
@@ -58,8 +63,8 @@ class Query(ClientMessage, tag="query"):
     params: Any = None
 
 
-AnyClientMessage = Hello | Subscribe | Unsubscribe | Call | Query
-CLIENT_TYPES = frozenset({"hello", "subscribe", "unsubscribe", "call", "query"})
+AnyClientMessage = Hello | Authenticate | Subscribe | Unsubscribe | Call | Query
+CLIENT_TYPES = frozenset({"hello", "authenticate", "subscribe", "unsubscribe", "call", "query"})
 
 # ---------------------------------------------------------------- server -> client
 
@@ -78,6 +83,14 @@ class SessionInfo(ServerMessage, tag="session"):
     identity: str
     resumed: bool
     reason: str | UnsetType = UNSET
+    subscriptions: list[Any] = []
+    kind: str | UnsetType = UNSET
+
+
+class Authenticated(ServerMessage, tag="authenticated"):
+    identity: str
+    kind: str
+    offset: int
     subscriptions: list[Any] = []
 
 

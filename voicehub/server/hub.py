@@ -10,6 +10,11 @@ or touches a socket. Durability is the queues' business (``Outbox``).
 The hub also runs maintenance (expiring request ids and sessions, as commits) and the
 graceful drain: refuse new work, let in-flight calls finish, flush every queue, then
 close every socket with 1001.
+
+Authentication is the ``AuthService``'s (``hub.auth``); the hub keeps the connections of
+each identity so that the commit suspending or revoking an identity closes all of them
+with 4003 (``_identity_inactive`` runs synchronously inside that commit's listener):
+their subscriptions are dropped and their queues discarded before any later commit.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from voicehub.server.errors import ApiError
 from voicehub.server.outbox import CLOSE_GOING_AWAY
 from voicehub.server.sessions import SessionStore
 from voicehub.server.settings import ServerConfig
-from voicehub.server.system import ANONYMOUS_IDENTITY, REQUESTS, SESSIONS, ServerSystem, latest
+from voicehub.server.system import REQUESTS, SESSIONS, ServerSystem, latest
 
 if TYPE_CHECKING:
+    from voicehub.auth.service import AuthService
     from voicehub.server.ws import Connection
 
 log = logging.getLogger("voicehub.server")
@@ -40,17 +46,33 @@ _ALWAYS = sys.maxsize
 
 
 class Hub:
-    def __init__(self, db: Database, system: ServerSystem, cfg: ServerConfig) -> None:
+    def __init__(
+        self,
+        db: Database,
+        system: ServerSystem,
+        cfg: ServerConfig,
+        auth: AuthService | None = None,
+    ) -> None:
         self.db = db
         self.system = system
         self.cfg = cfg
         self.mgr = SubscriptionManager(db)
         self.mgr.hooks.append(self._on_deltas)
-        self.calls = CallService(db, system, cfg)
+        if auth is None:  # imported here: voicehub.auth imports this package
+            from voicehub.auth.service import AuthService
+            from voicehub.auth.settings import AuthSettings
+
+            settings = AuthSettings(data_dir=db.config.data_dir)
+            auth = AuthService(db, settings, sessions_table=SESSIONS)
+        self.auth = auth
+        self.auth.wait_durable = self.wait_durable
+        self.auth.on_inactive.append(self._identity_inactive)
+        self.calls = CallService(db, system, cfg, self.auth.refresh)
         self.sessions = SessionStore(db)
         self.owners: dict[Subscription, tuple[Connection, Any]] = {}
         self.connections: set[Connection] = set()
         self.attached: dict[str, Connection] = {}
+        self.by_identity: dict[str, set[Connection]] = {}
         self.durable_policy = db.config.durability == "durable" and db.config.data_dir is not None
         self.draining = False
         self.started = False
@@ -62,6 +84,7 @@ class Hub:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        await self.auth.start()
         self._tasks.append(asyncio.create_task(self._maintenance(), name="voicehub-expire"))
         self.started = True
 
@@ -72,6 +95,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        await self.auth.stop()
         self.mgr.close()
 
     def ready(self) -> str | None:
@@ -112,19 +136,31 @@ class Hub:
         for conn, lst in per.items():
             conn.outbox.push(offset, TxUpdate(offset, lst))
 
-    # ---------------------------------------------------------------- calls over HTTP
+    # ---------------------------------------------------------------- identities
 
-    def identity_for(self, authorization: str | None) -> str:
-        """The caller of a REST request: its session's identity, or the anonymous one."""
-        if not authorization:
-            return ANONYMOUS_IDENTITY
-        scheme, _, token = authorization.partition(" ")
-        identity = None
-        if scheme.lower() == "bearer" and token.strip():
-            identity = self.sessions.identity_of(token.strip())
-        if identity is None:
-            raise ApiError("unauthorized", "the bearer token names no session")
-        return identity
+    def bind(self, conn: Connection, identity: str) -> None:
+        """Record that ``conn`` now acts for ``identity`` (replacing its previous one)."""
+        self.unbind(conn)
+        conn.bound = identity
+        self.by_identity.setdefault(identity, set()).add(conn)
+
+    def unbind(self, conn: Connection) -> None:
+        old = conn.bound
+        if old is None:
+            return
+        conns = self.by_identity.get(old)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.by_identity[old]
+        conn.bound = None
+
+    def _identity_inactive(self, identity: str, status: str) -> None:
+        """Inside the commit that suspended/revoked ``identity``: close its connections."""
+        for conn in list(self.by_identity.get(identity, ())):
+            conn.deauthorize(status)
+
+    # ---------------------------------------------------------------- calls over HTTP
 
     @contextlib.contextmanager
     def inflight(self) -> Any:

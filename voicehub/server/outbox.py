@@ -28,6 +28,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL = 1011
 CLOSE_SLOW_CONSUMER = 4000
 CLOSE_TAKEN_OVER = 4001
+CLOSE_IDENTITY_INACTIVE = 4003
+"""The connection's identity was suspended or revoked: do not reconnect."""
 
 
 class CloseRequested(Exception):

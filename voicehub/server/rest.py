@@ -4,6 +4,11 @@ Every error is ``{"error": {"code", "message"}}`` with the status of ``HTTP_STAT
 Invariant: a reducer call is answered only once its commit is durable (under the
 ``durable`` policy), whether it ran now or is the stored outcome of an earlier call with
 the same request id.
+
+Invariant: every request runs as the ``Principal`` of its ``Authorization`` header
+(``AuthService.principal``): SQL and reducers under row-level security for that identity,
+unrestricted only for a principal holding ``bypass_rls``; the schema lists only the
+tables that principal can read.
 """
 
 from __future__ import annotations
@@ -61,8 +66,8 @@ async def call_reducer(request: Request) -> Response:
             rid = request.headers.get("idempotency-key") or request.query_params.get("request_id")
             if rid is not None and not 0 < len(rid) <= 256:
                 raise ApiError("invalid_request", "request ids are 1 to 256 characters")
-            identity = hub.identity_for(request.headers.get("authorization"))
-            out = hub.calls.call(identity, request.path_params["name"], args, rid)
+            principal = hub.auth.principal(request.headers.get("authorization"))
+            out = hub.calls.call(principal, request.path_params["name"], args, rid)
             await hub.wait_durable(out.offset)
     except Exception as e:
         return error_response(e)
@@ -78,6 +83,7 @@ async def sql(request: Request) -> Response:
     """``POST /v1/sql``: ``{"sql": "...", "params": [...] | {...}}``."""
     hub = _hub(request)
     try:
+        principal = hub.auth.principal(request.headers.get("authorization"))
         body = await _json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
             raise ApiError("invalid_request", 'the body must be {"sql": "...", "params": ...}')
@@ -87,7 +93,8 @@ async def sql(request: Request) -> Response:
         extra = sorted(set(body) - {"sql", "params"})
         if extra:
             raise ApiError("invalid_request", f"unknown field(s) {extra}")
-        res = await run_query_async(hub.db, body["sql"], params)
+        principal = hub.auth.refresh(principal)  # the body was read meanwhile
+        res = await run_query_async(hub.db, body["sql"], params, principal.sender)
     except Exception as e:
         return error_response(e)
     return json_response(
@@ -96,16 +103,24 @@ async def sql(request: Request) -> Response:
 
 
 async def schema(request: Request) -> Response:
-    """``GET /v1/schema``: the user-visible tables and callable reducers, as data."""
+    """``GET /v1/schema``: the tables the caller can read and the callable reducers."""
     hub = _hub(request)
     db = hub.db
-    tables = [to_builtins(s.tdef) for s in db.stores.values() if not s.tdef.system]
+    try:
+        principal = hub.auth.principal(request.headers.get("authorization"))
+    except Exception as e:
+        return error_response(e)
+    tables = [
+        to_builtins(s.tdef)
+        for s in db.stores.values()
+        if not s.tdef.system and (s.tdef.public or principal.bypass_rls)
+    ]
     reducers = [
         to_builtins(rdef)
         for name, (rdef, _) in db.reducers.items()
         if rdef.kind == "reducer" and name not in hub.system.hidden
     ]
-    modules = [m.name for m in db.modules if m is not hub.system.module]
+    modules = [m.name for m in db.modules if m not in hub.system.system_modules]
     return json_response(
         {"offset": db.visible_offset, "modules": modules, "tables": tables, "reducers": reducers}
     )

@@ -65,10 +65,13 @@ class SessionStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self) -> tuple[str, SessionRecord, int]:
-        """A new session: (token, record, offset of the commit that stored it)."""
+    def create(self, identity: str | None = None) -> tuple[str, SessionRecord, int]:
+        """A new session of ``identity`` (None: a fresh anonymous identity).
+
+        Returns (token, record, offset of the commit that stored it).
+        """
         token = secrets.token_urlsafe(32)
-        rec = SessionRecord(token_hash(token), secrets.token_hex(32))
+        rec = SessionRecord(token_hash(token), identity or secrets.token_hex(32))
         res = self.db.execute(
             "voicehub_session_open", {"token_hash": rec.token_hash, "identity": rec.identity}
         )
@@ -94,6 +97,14 @@ class SessionStore:
         res = self.db.execute(
             "voicehub_session_open", {"token_hash": rec.token_hash, "identity": rec.identity}
         )
+        return res.offset
+
+    def rebind(self, rec: SessionRecord, identity: str) -> int:
+        """Move the session to ``identity`` (after an ``authenticate``); the commit offset."""
+        res = self.db.execute(
+            "voicehub_session_rebind", {"token_hash": rec.token_hash, "identity": identity}
+        )
+        rec.identity = identity
         return res.offset
 
     def seen(self, rec: SessionRecord, last_offset: int) -> None:
@@ -127,17 +138,24 @@ class SessionStore:
 
 
 async def rows_at(
-    db: Database, mgr: SubscriptionManager, specs: list[SubSpec], offset: int
+    db: Database,
+    mgr: SubscriptionManager,
+    specs: list[SubSpec],
+    offset: int,
+    sender: str | None,
 ) -> dict[str, list[tuple]] | None:
-    """Each spec's result at ``offset`` (None if that offset is no longer readable).
+    """Each spec's result at ``offset`` as ``sender`` saw it (None: no longer readable).
 
-    In-memory history is read on the event loop; older points are rebuilt from snapshots
-    and the log on a worker thread (the rebuilt state is private to that thread).
+    ``sender`` is the session's identity (None for an unrestricted principal): the
+    policies are compiled for it and their tables read at ``offset`` too, so the result
+    is what that identity's subscription held then. In-memory history is read on the
+    event loop; older points are rebuilt from snapshots and the log on a worker thread
+    (the rebuilt state is private to that thread).
     """
     plans = {}
     for s in specs:
         try:
-            plans[s.key] = mgr.compile(s.sql, s.params).root
+            plans[s.key] = mgr.compile(s.sql, s.params, sender).root
         except StoreError:
             continue  # reported when the subscription is re-created
     if not plans:

@@ -25,13 +25,16 @@ from core.schema import ColumnDef, IndexDef, TableDef
 from core.storage.table import TableStore
 from core.transaction import ReducerContext
 from core.types import ColumnType, Identity, Timestamp
+from voicehub.auth.identities import HIDDEN as AUTH_HIDDEN
+from voicehub.auth.identities import build_auth_module
+from voicehub.auth.passkey_store import PASSKEY_REDUCERS, add_passkey_reducers, passkey_tables
 
 REQUESTS = "__requests__"
 SESSIONS = "__sessions__"
 SESSION_SUBS = "__session_subs__"
 
 ANONYMOUS_IDENTITY = "f" * 64
-"""The caller of REST requests that present no session token."""
+"""The caller of REST requests that present no credentials (an anonymous principal)."""
 
 _T = ColumnType
 
@@ -123,6 +126,13 @@ def build_module() -> Module:
         if row is not None:
             t.update(row, seen_at=ctx.timestamp, last_offset=max(row.last_offset, last_offset))
 
+    @_reducer(m, "voicehub_session_rebind")
+    def session_rebind(ctx: ReducerContext, token_hash: str, identity: Identity) -> None:
+        t = ctx.db[SESSIONS]
+        row = t.get(token_hash)
+        if row is not None:
+            t.update(row, identity=identity, seen_at=ctx.timestamp)
+
     @_reducer(m, "voicehub_sub_put")
     def sub_put(
         ctx: ReducerContext,
@@ -162,15 +172,25 @@ def build_module() -> Module:
 
 
 class ServerSystem:
-    """The server module and the names of its hidden maintenance reducers."""
+    """The server's modules and the names of their hidden maintenance reducers.
+
+    ``module`` is the ``voicehub`` module above; ``auth`` the identity model
+    (``voicehub.auth.identities``) with the passkey tables. Their reducers are hidden from
+    clients, except the admin-only lifecycle reducers (``identity_activate`` ...).
+    """
 
     def __init__(self) -> None:
         self.module = build_module()
-        self.hidden = frozenset(self.module.reducers)
+        self.auth = build_auth_module(SESSIONS, SESSION_SUBS)
+        for t in passkey_tables():
+            self.auth.add_table(t)
+        add_passkey_reducers(self.auth)
+        self.system_modules: tuple[Module, ...] = (self.module, self.auth)
+        self.hidden = frozenset(self.module.reducers) | AUTH_HIDDEN | PASSKEY_REDUCERS
 
     def modules(self, user: Iterable[Module]) -> list[Module]:
-        """What to install: this module first, then every user module."""
-        return [self.module, *user]
+        """What to install: the server's modules first, then every user module."""
+        return [*self.system_modules, *user]
 
 
 def record_request(identity: str, key: str) -> Callable[[ReducerContext, Any], None]:

@@ -7,7 +7,16 @@ Handlers never await between running a commit and queueing what it produced (the
 commit caused are adjacent and precede any later commit's deltas. A malformed or unknown
 frame gets an ``error`` and the connection keeps going; only the pump closes a socket
 (1000 normal, 1001 server going away, 1011 storage failed, 4000 slow consumer,
-4001 session taken over by a newer connection).
+4001 session taken over by a newer connection, 4003 identity suspended or revoked).
+
+Every connection acts for one ``Principal``: anonymous (when allowed), or the identity
+of the ``auth_token`` in ``hello`` (or of an ``Authorization: Bearer`` header on the
+upgrade request), or the identity a later ``authenticate`` rebinds it to. A session
+belongs to one identity: its token is refused with another identity's ``auth_token``.
+Every read and subscription of the connection runs as that principal (``sender``), and
+its status is re-read before each call, query and subscription. ``authenticate``
+re-creates the session's subscriptions under the new identity (fresh ``subscribed``), so
+row-level security applies from the moment of login.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,9 +33,12 @@ from msgspec import UNSET
 from core.errors import StorageFailed, StoreError
 from core.sql.query import run_query_async
 from core.subscriptions import Subscription
+from voicehub.auth.principal import Principal, anonymous
 from voicehub.server.calls import request_key
 from voicehub.server.codec import (
     AnyClientMessage,
+    Authenticate,
+    Authenticated,
     Call,
     CallResult,
     Codec,
@@ -50,6 +63,7 @@ from voicehub.server.errors import ApiError, ReplayedFailure, describe
 from voicehub.server.hub import Hub
 from voicehub.server.outbox import (
     CLOSE_GOING_AWAY,
+    CLOSE_IDENTITY_INACTIVE,
     CLOSE_INTERNAL,
     CLOSE_TAKEN_OVER,
     CloseRequested,
@@ -92,11 +106,20 @@ class Connection:
         self.codec = Codec(None)
         self.outbox = Outbox(hub.cfg.send_queue_limit, hub.durable, hub.wait_durable)
         self.session: SessionRecord | None = None
-        self.identity = ANONYMOUS_IDENTITY
+        self.principal: Principal = anonymous(ANONYMOUS_IDENTITY)
+        self.bound: str | None = None
+        """The identity the hub files this connection under (``Hub.bind``)."""
+        client = scope.get("client")
+        self.remote: str | None = client[0] if client else None
         self.subs: dict[str, tuple[Subscription, Any]] = {}
         self.delivered = 0
         self.last_write = 0
         self.done = asyncio.Event()
+
+    @property
+    def identity(self) -> str:
+        """This connection's caller identity (``ctx.sender`` of its calls)."""
+        return self.principal.identity
 
     # ---------------------------------------------------------------- lifetime
 
@@ -182,6 +205,7 @@ class Connection:
     def _cleanup(self) -> None:
         hub = self.hub
         hub.connections.discard(self)
+        hub.unbind(self)
         self._drop_subs()
         rec = self.session
         if rec is not None and hub.attached.get(rec.token_hash) is self:
@@ -198,6 +222,11 @@ class Connection:
             self.hub.owners.pop(sub, None)
             self.hub.mgr.unsubscribe(sub)
         self.subs.clear()
+
+    def deauthorize(self, status: str) -> None:
+        """The identity was suspended/revoked (inside that commit): drop and close, 4003."""
+        self._drop_subs()
+        self.outbox.abort(CLOSE_IDENTITY_INACTIVE, f"identity {status}: do not reconnect")
 
     def _lifecycle(self, kind: str) -> None:
         try:
@@ -228,7 +257,10 @@ class Connection:
                 if isinstance(msg, Hello):
                     await self._hello(msg)
                     return
-                self._open_new(None)
+                if isinstance(msg, Authenticate):
+                    await self._hello(Hello(auth_token=msg.token))
+                    return
+                self._open_new(None, self._header_principal())
                 if self.session is None:
                     return
             if isinstance(msg, Call):
@@ -239,6 +271,8 @@ class Connection:
                 self._unsubscribe(msg)
             elif isinstance(msg, Query):
                 await self._query(msg)
+            elif isinstance(msg, Authenticate):
+                self._authenticate(msg)
             else:
                 self._error(
                     "session_already_established",
@@ -257,7 +291,7 @@ class Connection:
             self._push(0, CallResult(rid, error=err))
             return
         try:
-            out = hub.calls.call(self.identity, m.reducer, m.args, rid)
+            out = hub.calls.call(self.principal, m.reducer, m.args, rid)
         except Exception as e:
             code, message = describe(e)
             replayed = isinstance(e, ReplayedFailure)
@@ -282,8 +316,9 @@ class Connection:
             self._error("shutting_down", "the server is shutting down", ref)
             return
         try:
-            sub, rows = hub.mgr.subscribe(m.sql, m.params)
-        except StoreError as e:
+            p = self._current()
+            sub, rows = hub.mgr.subscribe(m.sql, m.params, p.sender)
+        except (StoreError, ApiError) as e:
             self._error(e.code, e.message, ref)
             return
         self._register(SubSpec(m.query_id, m.sql, m.params, 0), sub, rows)
@@ -331,7 +366,8 @@ class Connection:
         rid = m.request_id
         try:
             await hub.wait_durable(self.last_write)  # read your own writes
-            res = await run_query_async(hub.db, m.sql, m.params)
+            p = self._current()
+            res = await run_query_async(hub.db, m.sql, m.params, p.sender)
         except Exception as e:
             code, message = describe(e)
             self._push(0, QueryResult(rid, error=ErrorBody(code, message)))
@@ -343,9 +379,66 @@ class Connection:
             ),
         )
 
+    # ---------------------------------------------------------------- identity
+
+    def _current(self) -> Principal:
+        """This connection's principal as it stands now (raises if no longer active)."""
+        p = self.hub.auth.refresh(self.principal)
+        self.principal = p
+        return p
+
+    def _header_principal(self) -> Principal | None:
+        """The principal of an ``Authorization: Bearer`` token on the upgrade request."""
+        for k, v in self.scope.get("headers") or ():
+            if k == b"authorization":
+                scheme, _, token = v.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    return self.hub.auth.verify_token(token.strip())
+        return None
+
+    def _authenticate(self, m: Authenticate) -> None:
+        """Rebind the session to the token's identity; subscriptions re-created under it."""
+        hub = self.hub
+        rec = self.session
+        assert rec is not None
+        ref = {"type": "authenticate"}
+        try:
+            p = hub.auth.verify_token(m.token)
+        except ApiError as e:
+            self._error(e.code, e.message, ref)
+            return
+        # From here on nothing awaits: the rebinding and the re-subscriptions are one step.
+        specs = list(rec.subs.values())
+        qids = [s.query_id for s in specs]
+        if p.identity == self.identity:  # a fresh token for the same identity
+            self.principal = p
+            self._push(hub.db.offset, Authenticated(p.identity, p.kind, hub.db.offset, qids))
+            return
+        try:
+            off = hub.sessions.rebind(rec, p.identity)
+        except Exception as e:
+            code, message = describe(e)
+            self._error(code, message, ref)
+            return
+        self._drop_subs()
+        self._lifecycle("client_disconnected")
+        self.principal = p
+        hub.bind(self, p.identity)
+        self._push(off, Authenticated(p.identity, p.kind, off, qids))
+        for s in specs:
+            try:
+                sub, rows = hub.mgr.subscribe(s.sql, s.params, p.sender)
+            except StoreError as e:
+                self._error(e.code, e.message, {"type": "subscribe", "query_id": s.query_id}, off)
+                with contextlib.suppress(StoreError):
+                    hub.sessions.drop_sub(rec, s.key)
+                continue
+            self._register(s, sub, rows)
+        self._lifecycle("client_connected")
+
     # ---------------------------------------------------------------- sessions
 
-    def _attach(self, rec: SessionRecord) -> None:
+    def _attach(self, rec: SessionRecord, p: Principal) -> None:
         hub = self.hub
         old = hub.attached.get(rec.token_hash)
         if old is not None and old is not self:
@@ -353,30 +446,58 @@ class Connection:
             old.outbox.abort(CLOSE_TAKEN_OVER, "session taken over by a newer connection")
         hub.attached[rec.token_hash] = self
         self.session = rec
-        self.identity = rec.identity
+        self.principal = p
+        hub.bind(self, p.identity)
 
-    def _open_new(self, reason: str | None) -> None:
+    def _open_new(self, reason: str | None, p: Principal | None) -> None:
+        """A new session for ``p`` (None: a fresh anonymous identity, if allowed)."""
+        hub = self.hub
         try:
-            token, rec, off = self.hub.sessions.create()
+            if p is None:
+                p = hub.auth.refresh(anonymous(secrets.token_hex(32)))
+            token, rec, off = hub.sessions.create(p.identity)
         except Exception as e:
             code, message = describe(e)
             self._error(code, message, {"type": "hello"})
             return
-        self._attach(rec)
-        self._push(off, SessionInfo(token, rec.identity, False, reason or UNSET))
+        self._attach(rec, p)
+        self._push(off, SessionInfo(token, rec.identity, False, reason or UNSET, kind=p.kind))
         self._lifecycle("client_connected")
 
     async def _hello(self, m: Hello) -> None:
+        auth = self.hub.auth
+        ref = {"type": "hello"}
+        try:
+            if m.auth_token is not None:
+                p: Principal | None = auth.verify_token(m.auth_token)
+            else:
+                p = self._header_principal()
+        except ApiError as e:
+            self._error(e.code, e.message, ref)
+            return
         if m.session_token is None:
-            self._open_new(None)
+            self._open_new(None, p)
             return
         rec = self.hub.sessions.load(m.session_token)
         if rec is None:
-            self._open_new("unknown_session")
+            self._open_new("unknown_session", p)
             return
-        await self._resume(m.session_token, rec, m.last_offset)
+        if p is not None and p.identity != rec.identity:
+            self._error(
+                "session_identity_mismatch",
+                "this session belongs to another identity: open a new session, or log in"
+                " on it with 'authenticate'",
+                ref,
+            )
+            return
+        try:
+            p = auth.for_identity(rec.identity, "session") if p is None else p
+        except ApiError as e:
+            self._error(e.code, e.message, ref)
+            return
+        await self._resume(m.session_token, rec, m.last_offset, p)
 
-    async def _resume(self, token: str, rec: SessionRecord, k: int | None) -> None:
+    async def _resume(self, token: str, rec: SessionRecord, k: int | None, p: Principal) -> None:
         hub = self.hub
         specs = list(rec.subs.values())
         old: dict[str, list[tuple]] | None = None
@@ -386,29 +507,38 @@ class Connection:
         elif k < 0 or k > hub.db.visible_offset:
             reason = "invalid_offset"
         else:
-            old = await rows_at(hub.db, hub.mgr, [s for s in specs if s.since <= k], k)
+            since_k = [s for s in specs if s.since <= k]
+            old = await rows_at(hub.db, hub.mgr, since_k, k, p.sender)
             if old is None:
                 reason = "history_unavailable"
         if self.outbox.closing or hub.db.closed:
             return
         # From here on nothing awaits: no commit can slip between the reads below.
         try:
+            p = hub.auth.refresh(p)  # the identity may have been suspended meanwhile
             off = hub.sessions.reopen(rec)
         except Exception as e:
             code, message = describe(e)
             self._error(code, message, {"type": "hello"})
             return
-        self._attach(rec)
+        self._attach(rec, p)
         resumed = reason is None
         self._push(
             off,
-            SessionInfo(token, rec.identity, resumed, reason or UNSET, [s.query_id for s in specs]),
+            SessionInfo(
+                token,
+                rec.identity,
+                resumed,
+                reason or UNSET,
+                [s.query_id for s in specs],
+                kind=p.kind,
+            ),
         )
         catch_up: list[Update] = []
         fresh: list[tuple[SubSpec, Subscription, list[tuple]]] = []
         for s in specs:
             try:
-                sub, rows = hub.mgr.subscribe(s.sql, s.params)
+                sub, rows = hub.mgr.subscribe(s.sql, s.params, p.sender)
             except StoreError as e:
                 self._error(e.code, e.message, {"type": "subscribe", "query_id": s.query_id}, off)
                 with contextlib.suppress(StoreError):
