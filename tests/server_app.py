@@ -32,13 +32,13 @@ class Blob:
 
 
 @app.reducer
-def say(ctx: ReducerContext, call_id: str, text: str) -> int:
-    RUNS["say"] += 1
+def shout(ctx: ReducerContext, call_id: str, text: str) -> int:
+    RUNS["shout"] += 1
     return int(ctx.db.segment.insert(call_id=call_id, text=text).id)
 
 
 @app.reducer
-def say_many(ctx: ReducerContext, call_ids: list, text: str) -> list:
+def shout_many(ctx: ReducerContext, call_ids: list, text: str) -> list:
     """One commit touching several calls."""
     return [int(ctx.db.segment.insert(call_id=c, text=text).id) for c in call_ids]
 

@@ -113,7 +113,7 @@ async def test_sdk_key_login(tmp_path: Path) -> None:
             first_identity = c.identity
             row = srv.node.db.stores["__identities__"].get(c.identity)
             assert row.display_name == "agent"
-            assert await c.call("say", {"call_id": "m", "text": "hi"}) >= 1
+            assert await c.call("shout", {"call_id": "m", "text": "hi"}) >= 1
             # a reconnect logs in again (a fresh token) and resumes the same session
             token, session = c.token, c.session_token
             conn = next(x for x in srv.node.hub.connections if x.identity == c.identity)

@@ -89,14 +89,14 @@ def test_key_detection_is_conservative() -> None:
 async def test_call_query_and_subscription_cache(tmp_path: Path) -> None:
     async with running(tmp_path) as srv, await Client.connect(srv.ws_url) as c:
         assert c.identity is not None and len(c.identity) == 64 and c.session_token
-        await rest(srv.http_url, "say", ["a", "before"])
+        await rest(srv.http_url, "shout", ["a", "before"])
         sub = await c.subscribe(SEG_BY_CALL, ["a"])
         assert sub.key == ("id",) and sub.columns == ["id", "call_id", "text"]
         assert sub.rows == [(1, "a", "before")]
-        out = await c.call_outcome("say", {"call_id": "a", "text": "hi"})
+        out = await c.call_outcome("shout", {"call_id": "a", "text": "hi"})
         # the commit's deltas arrived before its result: the cache has it already
         assert sub.get(out.value) == (out.value, "a", "hi") and sub.offset == out.offset
-        assert await c.call("say", ["b", "elsewhere"]) == 3
+        assert await c.call("shout", ["b", "elsewhere"]) == 3
         assert len(sub) == 2
         res = await c.query("SELECT id, text FROM segment WHERE call_id = $1", ["a"])
         assert res.columns == ["id", "text"] and sorted(res.rows) == [(1, "before"), (2, "hi")]
@@ -194,11 +194,11 @@ async def test_one_commit_updates_every_subscription_before_callbacks(tmp_path: 
         a.on_insert(lambda r: seen_in_a.append((r, b.rows, total.rows)))
         txs: list[tuple[int, set]] = []
         c.on_transaction(lambda off, chs: txs.append((off, {ch.subscription for ch in chs})))
-        out = await c.call_outcome("say_many", {"call_ids": ["a", "b", "z"], "text": "x"})
+        out = await c.call_outcome("shout_many", {"call_ids": ["a", "b", "z"], "text": "x"})
         assert txs == [(out.offset, {a, b, total})]
         assert seen_in_a == [((1, "a", "x"), [(2, "b", "x")], [(3,)])]
         # a commit touching only one subscription reaches only that one
-        out = await c.call_outcome("say", ["b", "y"])
+        out = await c.call_outcome("shout", ["b", "y"])
         assert txs[-1] == (out.offset, {b, total})
 
 
@@ -211,7 +211,7 @@ async def test_explicit_retry_with_the_same_request_id_is_replayed(tmp_path: Pat
         assert (again.value, again.offset) == (first.value, first.offset) == (1, first.offset)
         assert server_app.RUNS["bump"] == runs + 1
         with pytest.raises(ServerError) as e:
-            await c.call("say", ["a", "x"], request_id="pay-1")
+            await c.call("shout", ["a", "x"], request_id="pay-1")
         assert e.value.code == "request_id_conflict"
         for replayed in (False, True):
             with pytest.raises(ServerError) as e:
@@ -256,7 +256,7 @@ async def test_reconnect_and_resume_after_going_away_and_network_errors(tmp_path
         sub = await c.subscribe(SEG_BY_CALL, ["a"])
         inserted: Counter = Counter()
         sub.on_insert(lambda r: inserted.update([r]))
-        await c.call("say", ["a", "one"])
+        await c.call("shout", ["a", "one"])
         for i, how in enumerate(["1001", "network", "1001"]):
             token = c.session_token
             if how == "1001":
@@ -265,9 +265,9 @@ async def test_reconnect_and_resume_after_going_away_and_network_errors(tmp_path
                 assert c._sock is not None
                 c._sock.transport.abort()  # a dead TCP connection: no close frame
             for j in range(3):  # commits racing the reconnect, some missed meanwhile
-                await rest(srv.http_url, "say", ["a", f"{how}-{i}-{j}"])
+                await rest(srv.http_url, "shout", ["a", f"{how}-{i}-{j}"])
             await asyncio.sleep(0.05)
-            assert await c.call("say", ["a", f"after-{i}"], timeout=10)
+            assert await c.call("shout", ["a", f"after-{i}"], timeout=10)
             assert c.reconnects == i + 1 and c.resumed and c.session_token == token
             assert Counter(sub.rows) == await sql_rows(srv.http_url, SEG_BY_CALL, ["a"])
         assert max(inserted.values()) == 1, "no row delivered twice"
@@ -278,13 +278,13 @@ async def test_resumed_false_replaces_the_cache(tmp_path: Path) -> None:
     async with running(tmp_path) as srv, await Client.connect(srv.ws_url) as c:
         sub = await c.subscribe(SEG_BY_CALL, ["a"])
         ev = Events(sub)
-        await c.call("say", ["a", "kept"])
+        await c.call("shout", ["a", "kept"])
         ev.take()
         c.last_offset += 10**9  # an offset the server never had: invalid_offset
         server_conn(srv, c).outbox.finish(1001, "going away")
         await c.wait_connected()
         await eventually_connected_again(c)
-        await rest(srv.http_url, "say", ["a", "missed"])
+        await rest(srv.http_url, "shout", ["a", "missed"])
         await sub.wait_for(lambda s: len(s) == 2)
         assert not c.resumed
         assert sorted(r[2] for r in sub.rows) == ["kept", "missed"]
@@ -303,7 +303,7 @@ async def test_session_take_over_and_restored_subscriptions(tmp_path: Path) -> N
     async with running(tmp_path) as srv:
         first = await Client.connect(srv.ws_url)
         sub = await first.subscribe(SEG_BY_CALL, ["a"], query_id="mine")
-        await first.call("say", ["a", "x"])
+        await first.call("shout", ["a", "x"])
         second = await Client.connect(srv.ws_url, session_token=first.session_token)
         try:
             assert second.identity == first.identity and not second.resumed
@@ -313,8 +313,8 @@ async def test_session_take_over_and_restored_subscriptions(tmp_path: Path) -> N
             await sub.wait_for(lambda s: not s.active)
             assert first.closed and isinstance(sub.error, SessionTakenOver)
             with pytest.raises(SessionTakenOver):
-                await first.call("say", ["a", "y"])
-            await second.call("say", ["a", "y"])
+                await first.call("shout", ["a", "y"])
+            await second.call("shout", ["a", "y"])
             assert len(restored) == 2
         finally:
             await first.close()
@@ -328,9 +328,9 @@ async def test_giving_up_fails_what_is_pending(tmp_path: Path) -> None:
         sub = await patient.subscribe(SEG_BY_CALL, ["a"])
         await srv.shutdown()  # drains, closes every socket with 1001, stops listening
         with pytest.raises(ConnectionLost) as e:
-            await once.call("say", ["a", "x"])
+            await once.call("shout", ["a", "x"])
         with pytest.raises(ConnectionLost) as e:
-            await patient.call("say", ["a", "x"])  # waits for the reconnect, which fails
+            await patient.call("shout", ["a", "x"])  # waits for the reconnect, which fails
         assert e.value.close_code == 1001 and "reconnect" in str(e.value)
         assert patient.closed and not sub.active and isinstance(sub.error, ConnectionLost)
         await once.close()
@@ -358,7 +358,7 @@ async def test_sync_client(tmp_path: Path) -> None:
                 sub = vh.subscribe(SEG_BY_CALL, ["s"])
                 seen: list[Any] = []
                 sub.on_insert(seen.append)
-                seg = vh.call("say", {"call_id": "s", "text": "sync"})
+                seg = vh.call("shout", {"call_id": "s", "text": "sync"})
                 assert sub.rows == [{"id": seg, "call_id": "s", "text": "sync"}]
                 assert seen == sub.rows and sub.key == ("id",) and len(sub) == 1
                 assert vh.query("SELECT COUNT(*) AS n FROM segment").dicts() == [{"n": 1}]
@@ -384,13 +384,13 @@ async def test_resume_across_a_graceful_server_restart(tmp_path: Path) -> None:
         sub = await c.subscribe(SEG_BY_CALL, ["a"])
         inserted: Counter = Counter()
         sub.on_insert(lambda r: inserted.update([r]))
-        await c.call("say", ["a", "before"])
+        await c.call("shout", ["a", "before"])
         token = c.session_token
         assert await s.stop(signal.SIGTERM) == 0  # drains, closes with 1001
-        pending = asyncio.create_task(c.call("say", ["a", "during the restart"]))
+        pending = asyncio.create_task(c.call("shout", ["a", "during the restart"]))
         s = Spawned(data, port)
         await s.ready()
-        await rest(s.http_url, "say", ["a", "missed"])
+        await rest(s.http_url, "shout", ["a", "missed"])
         await asyncio.wait_for(pending, 20)
         assert c.reconnects >= 1 and c.resumed and c.session_token == token
         assert Counter(sub.rows) == await sql_rows(s.http_url, SEG_BY_CALL, ["a"])

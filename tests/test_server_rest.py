@@ -32,11 +32,11 @@ async def test_health_and_readiness(tmp_path: Path) -> None:
 
 async def test_call_answers_after_durable_commit(tmp_path: Path) -> None:
     async with running(tmp_path) as srv:
-        status, body = await call(srv, "say", {"call_id": "c1", "text": "hello"})
+        status, body = await call(srv, "shout", {"call_id": "c1", "text": "hello"})
         assert status == 200, body
         assert body["value"] == 1
         assert srv.node.db.gate.durable >= body["offset"]
-        status, body2 = await call(srv, "say", ["c1", "again"])  # positional arguments
+        status, body2 = await call(srv, "shout", ["c1", "again"])  # positional arguments
         assert status == 200 and body2["offset"] == body["offset"] + 1
         status, res = await sql(srv, "SELECT id, text FROM segment WHERE call_id = $1", ["c1"])
         assert status == 200
@@ -49,20 +49,24 @@ async def test_error_statuses_and_codes(tmp_path: Path) -> None:
     async with running(tmp_path) as srv:
         cases = [
             (await call(srv, "nope"), 404, "no_such_reducer"),
-            (await call(srv, "say", {"call_id": "c"}), 400, "invalid_arguments"),
-            (await call(srv, "say", {"call_id": 1, "text": "x"}), 400, "invalid_arguments"),
+            (await call(srv, "shout", {"call_id": "c"}), 400, "invalid_arguments"),
+            (await call(srv, "shout", {"call_id": 1, "text": "x"}), 400, "invalid_arguments"),
             (
-                await call(srv, "say", {"call_id": "c", "text": "x", "z": 1}),
+                await call(srv, "shout", {"call_id": "c", "text": "x", "z": 1}),
                 400,
                 "invalid_arguments",
             ),
-            (await call(srv, "say", b"{not json"), 400, "invalid_request"),
-            (await call(srv, "say", "a string"), 400, "invalid_request"),
+            (await call(srv, "shout", b"{not json"), 400, "invalid_request"),
+            (await call(srv, "shout", "a string"), 400, "invalid_request"),
             (await call(srv, "fail", {"why": "no agent"}), 422, "reducer_error"),
             (await call(srv, "twice", {"name": "t"}), 409, "constraint_violation"),
             (await call(srv, "boom"), 500, "reducer_failed"),
             (await call(srv, "voicehub_expire", [0, 1, []]), 404, "no_such_reducer"),
-            (await call(srv, "say", ["c", "x"], Authorization="Bearer nope"), 401, "unauthorized"),
+            (
+                await call(srv, "shout", ["c", "x"], Authorization="Bearer nope"),
+                401,
+                "unauthorized",
+            ),
             (await sql(srv, "SELECT * FROM nowhere"), 400, "sql_error"),
             (await sql(srv, "SELECT ROW_NUMBER() OVER () FROM segment"), 400, "unsupported_sql"),
             (await sql(srv, "DELETE FROM segment"), 400, "sql_error"),
@@ -83,7 +87,7 @@ async def test_error_statuses_and_codes(tmp_path: Path) -> None:
 async def test_storage_failure_is_503(tmp_path: Path) -> None:
     async with running(tmp_path) as srv:
         srv.node.db.gate.fail(OSError("disk on fire"))
-        status, body = await call(srv, "say", ["c", "x"])
+        status, body = await call(srv, "shout", ["c", "x"])
         assert status == 503 and body["error"]["code"] == "storage_failed"
         status, body = await http("GET", srv.http_url + "/readyz")
         assert status == 503
@@ -104,7 +108,7 @@ async def test_idempotency_key_runs_once(tmp_path: Path) -> None:
         assert server_app.RUNS["bump"] == before + 1
         other = await call(srv, "bump", {"name": "a"}, **{"Idempotency-Key": "k-2"})
         assert other[1]["value"] == 2
-        conflict = await call(srv, "say", ["c", "x"], **{"Idempotency-Key": "k-1"})
+        conflict = await call(srv, "shout", ["c", "x"], **{"Idempotency-Key": "k-1"})
         assert conflict[0] == 409 and conflict[1]["error"]["code"] == "request_id_conflict"
         row = srv.node.db.stores["__requests__"].get((ANONYMOUS_IDENTITY, '"k-1"'))
         assert row is not None and row.commit_offset == first[1]["offset"]
@@ -121,8 +125,10 @@ async def test_failed_call_outcome_is_replayed_without_running(tmp_path: Path) -
         assert b2 == {**b1, "replayed": True}
         assert server_app.RUNS["fail"] == before + 1
         # argument errors are not outcomes: fixing the arguments and retrying runs it
-        s3, _ = await call(srv, "say", {"call_id": "c"}, **{"Idempotency-Key": "f-2"})
-        s4, _ = await call(srv, "say", {"call_id": "c", "text": "x"}, **{"Idempotency-Key": "f-2"})
+        s3, _ = await call(srv, "shout", {"call_id": "c"}, **{"Idempotency-Key": "f-2"})
+        s4, _ = await call(
+            srv, "shout", {"call_id": "c", "text": "x"}, **{"Idempotency-Key": "f-2"}
+        )
         assert (s3, s4) == (400, 200)
 
 
@@ -156,12 +162,13 @@ async def test_schema_lists_user_tables_and_reducers(tmp_path: Path) -> None:
     async with running(tmp_path) as srv:
         status, body = await http("GET", srv.http_url + "/v1/schema")
         assert status == 200
-        assert body["modules"] == ["app"]
+        assert set(body["modules"]) == {"app", "voice"}
         tables = {t["name"]: t for t in body["tables"]}
-        assert set(tables) == {"segment", "tally", "blob"}
+        assert {"segment", "tally", "blob", "calls", "transcript_segments"} <= set(tables)
+        assert not set(tables) & {"__requests__", "__sessions__", "audit_log", "auth_audit"}
         assert [c["name"] for c in tables["segment"]["columns"]] == ["id", "call_id", "text"]
         reducers = {r["name"]: r for r in body["reducers"]}
-        assert "voicehub_expire" not in reducers and "say" in reducers
+        assert "voicehub_expire" not in reducers and "shout" in reducers
         assert reducers["bump"]["params"][1] == {
             "name": "by",
             "type": "int64",

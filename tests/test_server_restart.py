@@ -71,12 +71,12 @@ async def resume_across_restart(tmp_path: Path, sig: int) -> None:
         sess = await c.hello()
         sub = await c.subscribe("a", SEG_BY_CALL, ["a"])
         seen.update(tuple(r) for r in sub["rows"])
-        await c.call(1, "say", ["a", "before"])
+        await c.call(1, "shout", ["a", "before"])
         tx = await c.expect("tx_update")
         seen.update(tuple(r) for r in tx["updates"][0]["inserts"])
         last = (await c.expect("call_result"))["offset"]
-    await rest(s, "say", ["a", "missed before the restart"])
-    await rest(s, "say", ["b", "not subscribed"])
+    await rest(s, "shout", ["a", "missed before the restart"])
+    await rest(s, "shout", ["b", "not subscribed"])
     async with connect(s.ws_url) as watcher:
         await watcher.hello()
         if sig == signal.SIGTERM:
@@ -91,7 +91,7 @@ async def resume_across_restart(tmp_path: Path, sig: int) -> None:
 
     s = await start(data)
     try:
-        await rest(s, "say", ["a", "missed after the restart"])
+        await rest(s, "shout", ["a", "missed after the restart"])
         async with connect(s.ws_url) as c:
             back = await c.hello(sess["session_token"], last)
             assert back["resumed"] is True and back["subscriptions"] == ["a"]
@@ -104,7 +104,7 @@ async def resume_across_restart(tmp_path: Path, sig: int) -> None:
                 "missed before the restart",
             ]
             seen.update(tuple(r) for r in u["inserts"])
-            await c.call(2, "say", ["a", "live again"])
+            await c.call(2, "shout", ["a", "live again"])
             live = await c.expect("tx_update")
             seen.update(tuple(r) for r in live["updates"][0]["inserts"])
         assert seen == await rows_of(s, SEG_BY_CALL, ["a"]), "no gap, no duplicate"
@@ -123,7 +123,7 @@ async def test_resume_after_kill_9(tmp_path: Path) -> None:
 async def test_sigterm_drains_and_snapshots(tmp_path: Path) -> None:
     data = tmp_path / "data"
     s = await start(data)
-    await rest(s, "say", ["a", "x"])
+    await rest(s, "shout", ["a", "x"])
     assert await s.stop(signal.SIGTERM) == 0
     assert list((data / "snapshots").glob("*.snap"))
     out = s.output()

@@ -39,14 +39,14 @@ async def test_resume_gets_exactly_what_it_missed(tmp_path: Path) -> None:
             s = await c.hello()
             rows: Counter = Counter()
             fold(rows, await c.subscribe("a", SEG_BY_CALL, ["a"]), "a")
-            await c.call(1, "say", ["a", "one"])
+            await c.call(1, "shout", ["a", "one"])
             fold(rows, await c.expect("tx_update"), "a")
             last = (await c.expect("call_result"))["offset"]
         # while disconnected: an insert, an update-like pair, a delete is not possible via
         # reducers here, so insert twice plus an unrelated commit
-        await rest_call(srv.http_url, "say", ["a", "two"])
-        await rest_call(srv.http_url, "say", ["b", "elsewhere"])
-        await rest_call(srv.http_url, "say", ["a", "three"])
+        await rest_call(srv.http_url, "shout", ["a", "two"])
+        await rest_call(srv.http_url, "shout", ["b", "elsewhere"])
+        await rest_call(srv.http_url, "shout", ["a", "three"])
         async with connect(srv.ws_url) as c:
             s2 = await c.hello(s["session_token"], last)
             assert s2["resumed"] is True and s2["subscriptions"] == ["a"]
@@ -58,7 +58,7 @@ async def test_resume_gets_exactly_what_it_missed(tmp_path: Path) -> None:
             assert u["deletes"] == []
             fold(rows, catch, "a")
             # and live updates continue on the restored subscription
-            await c.call(2, "say", ["a", "four"])
+            await c.call(2, "shout", ["a", "four"])
             fold(rows, await c.expect("tx_update"), "a")
             await c.expect("call_result")
         status, res = await http(
@@ -70,7 +70,7 @@ async def test_resume_gets_exactly_what_it_missed(tmp_path: Path) -> None:
 
 async def test_resume_sends_subscriptions_it_had_not_seen_in_full(tmp_path: Path) -> None:
     async with running(tmp_path) as srv:
-        await rest_call(srv.http_url, "say", ["b", "old"])
+        await rest_call(srv.http_url, "shout", ["b", "old"])
         async with connect(srv.ws_url) as c:
             s = await c.hello()
             sub_a = await c.subscribe("a", SEG_BY_CALL, ["a"])
@@ -92,11 +92,11 @@ async def test_resume_reads_old_offsets_from_the_log(tmp_path: Path) -> None:
         async with connect(srv.ws_url) as c:
             s = await c.hello()
             await c.subscribe("a", SEG_BY_CALL, ["a"])
-            await c.call(1, "say", ["a", "one"])
+            await c.call(1, "shout", ["a", "one"])
             await c.expect("tx_update")
             last = (await c.expect("call_result"))["offset"]
         for i in range(5):
-            await rest_call(srv.http_url, "say", ["a", f"m{i}"])
+            await rest_call(srv.http_url, "shout", ["a", f"m{i}"])
         assert srv.node.db.history_floor > last  # not in memory any more
         async with connect(srv.ws_url) as c:
             s2 = await c.hello(s["session_token"], last)
@@ -111,7 +111,7 @@ async def test_past_the_horizon_the_snapshot_is_fresh_and_flagged() -> None:
             s = await c.hello()
             sub = await c.subscribe("a", SEG_BY_CALL, ["a"])
         for i in range(3):
-            await rest_call(srv.http_url, "say", ["a", f"m{i}"])
+            await rest_call(srv.http_url, "shout", ["a", f"m{i}"])
         async with connect(srv.ws_url) as c:
             s2 = await c.hello(s["session_token"], sub["offset"])
             assert s2["resumed"] is False and s2["reason"] == "history_unavailable"
@@ -163,7 +163,7 @@ async def test_a_newer_connection_takes_the_session_over(tmp_path: Path) -> None
             except websockets.ConnectionClosed:
                 pass
             assert old.ws.close_code == 4001
-            await new.call(1, "say", ["a", "x"])
+            await new.call(1, "shout", ["a", "x"])
             assert (await new.expect("tx_update"))["updates"][0]["query_id"] == "a"
         await eventually(lambda: srv.node.hub.mgr.subscription_count == 0)
 
@@ -222,7 +222,7 @@ async def test_graceful_shutdown_closes_with_going_away(tmp_path: Path) -> None:
     async with running(tmp_path) as srv, connect(srv.ws_url) as c:
         await c.hello()
         await c.subscribe("a", SEG_BY_CALL, ["a"])
-        await c.call(1, "say", ["a", "x"])
+        await c.call(1, "shout", ["a", "x"])
         stopping = asyncio.create_task(srv.shutdown())
         got: list[Client | dict] = []
         try:
@@ -259,7 +259,7 @@ async def test_idle_sessions_expire_but_connected_ones_stay(tmp_path: Path) -> N
 async def test_draining_refuses_new_work(tmp_path: Path) -> None:
     async with running(tmp_path) as srv:
         srv.node.hub.draining = True
-        status, body = await http("POST", srv.http_url + "/v1/reducers/say", ["a", "b"])
+        status, body = await http("POST", srv.http_url + "/v1/reducers/shout", ["a", "b"])
         assert status == 503 and body["error"]["code"] == "shutting_down"
         try:
             async with connect(srv.ws_url):

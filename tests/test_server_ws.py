@@ -27,7 +27,7 @@ async def test_session_subscribe_call_and_deltas(tmp_path: Path) -> None:
         assert sub["query_id"] == "q1" and sub["rows"] == []
         assert sub["columns"] == ["id", "call_id", "text"]
         assert sub["types"] == ["int64", "text", "text"]
-        await c.call("r1", "say", {"call_id": "a", "text": "hi"})
+        await c.call("r1", "shout", {"call_id": "a", "text": "hi"})
         tx = await c.expect("tx_update")
         res = await c.expect("call_result")
         assert tx["offset"] == res["offset"] > sub["offset"]
@@ -39,7 +39,7 @@ async def test_session_subscribe_call_and_deltas(tmp_path: Path) -> None:
             "value": 1,
         }
         # a commit that does not touch the subscription sends no tx_update
-        await c.call("r2", "say", ["b", "other call"])
+        await c.call("r2", "shout", ["b", "other call"])
         res2 = await c.expect("call_result")
         assert res2["offset"] == res["offset"] + 1
         await c.call(3, "fail", {"why": "nope"})
@@ -61,7 +61,7 @@ async def test_one_tx_update_per_commit_covers_all_subscriptions(tmp_path: Path)
         await c.subscribe("b", SEG_BY_CALL, ["b"])
         await c.subscribe("all", "SELECT COUNT(*) FROM segment")
         await d.subscribe("b-only", SEG_BY_CALL, ["b"])
-        await c.call("m", "say_many", {"call_ids": ["a", "b", "z"], "text": "x"})
+        await c.call("m", "shout_many", {"call_ids": ["a", "b", "z"], "text": "x"})
         tx = await c.expect("tx_update")
         res = await c.expect("call_result")
         assert res["offset"] == tx["offset"]
@@ -95,7 +95,7 @@ async def test_commits_arrive_once_and_in_offset_order(tmp_path: Path) -> None:
         async def write(w: Client, name: str) -> list[int]:
             offsets = []
             for i in range(n):
-                await w.call(f"{name}-{i}", "say", [name, str(i)])
+                await w.call(f"{name}-{i}", "shout", [name, str(i)])
             # results may trail their own tx_updates; collect both in order
             seen_tx = set()
             while len(offsets) < n:
@@ -127,7 +127,7 @@ async def test_results_wait_for_durability(tmp_path: Path) -> None:
         await c.subscribe("q", SEG_BY_CALL, ["a"])
         gate = srv.node.db.gate
         for i in range(20):
-            await c.call(i, "say", ["a", "t"])
+            await c.call(i, "shout", ["a", "t"])
         for _ in range(20):
             tx = await c.expect("tx_update")
             assert gate.durable >= tx["offset"]
@@ -162,7 +162,7 @@ async def test_malformed_and_unknown_frames_get_errors(tmp_path: Path) -> None:
         await c.send(type="unsubscribe", query_id="never")
         assert (await c.expect("error"))["code"] == "unknown_query_id"
         # ... and the connection still works
-        await c.call("ok", "say", ["a", "b"])
+        await c.call("ok", "shout", ["a", "b"])
         assert (await c.expect("call_result"))["value"] == 1
 
 
@@ -177,7 +177,7 @@ async def test_unsubscribe_and_duplicate_query_ids(tmp_path: Path) -> None:
         await c.send(type="unsubscribe", query_id=7)
         unsub = await c.expect("unsubscribed")
         assert unsub["query_id"] == 7
-        await c.call("r", "say", ["a", "gone"])
+        await c.call("r", "shout", ["a", "gone"])
         assert (await c.expect("call_result"))["offset"] > unsub["offset"]
         await c.nothing()
         assert srv.node.hub.mgr.subscription_count == 1
@@ -186,7 +186,7 @@ async def test_unsubscribe_and_duplicate_query_ids(tmp_path: Path) -> None:
 async def test_query_reads_its_own_writes(tmp_path: Path) -> None:
     async with running(tmp_path) as srv, connect(srv.ws_url) as c:
         await c.hello()
-        await c.call("w", "say", ["a", "written"])
+        await c.call("w", "shout", ["a", "written"])
         await c.send(type="query", request_id="q", sql="SELECT text FROM segment")
         res = await c.expect("call_result")
         q = await c.expect("query_result")
@@ -236,7 +236,7 @@ async def test_retried_call_returns_the_stored_outcome(tmp_path: Path) -> None:
             again = await c.expect("call_result")  # no second tx_update: nothing ran
             assert again == {**first, "replayed": True}
             assert server_app.RUNS["bump"] == before + 1
-            await c.call("once", "say", ["a", "b"])
+            await c.call("once", "shout", ["a", "b"])
             assert (await c.expect("call_result"))["error"]["code"] == "request_id_conflict"
         # the same session on a new connection: still remembered
         async with connect(srv.ws_url) as c2:

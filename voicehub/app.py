@@ -11,14 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
+from consent import build_voice_module
 from core import Database, StoreConfig, StoreError
 from core.module import Module
 from core.runtime import StoreRuntime
 from modules.python_host import ModuleLoadError, load_modules
 from voicehub.auth.service import AuthService
 from voicehub.auth.settings import AuthSettings
+from voicehub.auth.tokens import load_or_create_key
 from voicehub.config import Settings
 from voicehub.server import Hub, ServerConfig, ServerSystem, create_app
 from voicehub.server.system import SESSIONS
@@ -97,6 +102,17 @@ def auth_settings(settings: Settings) -> AuthSettings:
     )
 
 
+def voice_module(data_dir: str | Path | None) -> Module:
+    """The trusted ``voice`` system module, its audit checkpoints signed by the server key."""
+    if data_dir is not None:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+    key = load_or_create_key(Path(data_dir) if data_dir is not None else None)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return build_voice_module(signer=key.sign, public_key=public)
+
+
 def open_node(
     settings: Settings,
     extra_modules: list[Module] | None = None,
@@ -121,7 +137,11 @@ def open_node(
         raise StartupError(str(e)) from None
     system = ServerSystem()
     try:
-        db = Database.open(system.modules(mods), store_cfg)
+        voice = voice_module(settings.data_dir)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"cannot load the server key: {e}") from None
+    try:
+        db = Database.open(system.modules([voice, *mods]), store_cfg)
     except StoreError as e:
         raise StartupError(f"cannot open the store at {settings.data_dir}: {e}") from None
     try:

@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chk = db.add_parser("check", help="verify every snapshot and log segment (read-only)")
     chk.add_argument("--data-dir", default="./voicehub-data")
+    audit = sub.add_parser("audit", help="the voice module's audit chain").add_subparsers(
+        dest="audit_command", required=True
+    )
+    ver = audit.add_parser(
+        "verify",
+        help="check the hash chain and signed checkpoints of the audit log (read-only);"
+        " exit 0 intact, 1 tampered, 2 unreadable",
+    )
+    ver.add_argument("--data-dir", default="./voicehub-data")
     remote.add_parsers(sub)
     return parser
 
@@ -194,12 +203,31 @@ def cmd_db_check(args: argparse.Namespace) -> int:
     return report.status
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from consent.audit_verify import main_verify
+
+    key_file = Path(args.data_dir) / "server.key"
+    public = None
+    if key_file.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        if isinstance(key, Ed25519PrivateKey):
+            public = key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+    return main_verify(args.data_dir, public)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         raise SystemExit(cmd_serve(args))
     if args.command == "db" and args.db_command == "check":
         raise SystemExit(cmd_db_check(args))
+    if args.command == "audit" and args.audit_command == "verify":
+        raise SystemExit(cmd_audit_verify(args))
     if getattr(args, "remote", None) is not None:
         raise SystemExit(remote.run(args))
     raise SystemExit(2)
