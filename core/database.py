@@ -102,6 +102,7 @@ class Database:
         self.view = DbView({})
         self._handles: dict[str, TableHandle] = {}
         self._policed: list[TableStore] = []
+        self._secured_cache: dict[str, DbView] = {}
         self._secured = SecuredViews(self)
         self.scheduler = Scheduler(self)
         self.offset = 0
@@ -256,15 +257,26 @@ class Database:
         self._handles = {n: TableHandle(self, s) for n, s in self.stores.items()}
         self.view = DbView(self._handles)
         self._policed = [s for s in self.stores.values() if s.tdef.policies and not s.tdef.system]
+        self._secured_cache = {}
 
     def _secured_view(self, sender: str) -> DbView:
-        """``ctx.db`` for a non-system caller: policed tables behind ``SecuredHandle``s."""
-        handles = dict(self._handles)
-        for store in self._policed:
-            h = self._secured.handle(store, sender)
-            if h is not None:
-                handles[store.name] = h
-        return DbView(handles)
+        """``ctx.db`` for a non-system caller: policed tables behind ``SecuredHandle``s.
+
+        Handles hold no transaction state, so one view per sender is built and reused
+        (until the schema changes): a call pays a dict lookup, not a handle per table.
+        """
+        view = self._secured_cache.get(sender)
+        if view is None:
+            handles = dict(self._handles)
+            for store in self._policed:
+                h = self._secured.handle(store, sender)
+                if h is not None:
+                    handles[store.name] = h
+            view = DbView(handles)
+            if len(self._secured_cache) >= 1024:
+                self._secured_cache.pop(next(iter(self._secured_cache)))
+            self._secured_cache[sender] = view
+        return view
 
     # ---------------------------------------------------------------- writing
 
