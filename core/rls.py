@@ -417,6 +417,7 @@ class SecuredHandle(TableHandle):
 
     def update(self, row: Any, /, **changes: Any) -> Any:
         values = dict(row._asdict() if hasattr(row, "_asdict") else row)
+        values.update(changes)  # the row written is the one at the *resulting* key
         pk = self._store.pk_of(self._build_preview(values))
         old = self._store.get(pk)
         if old is None or not self._read.tester()(old):
