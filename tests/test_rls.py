@@ -32,11 +32,12 @@ from typing import Any
 import msgspec
 import pytest
 import test_sql_adhoc as gen
-from hypothesis import given, note, settings
+from hypothesis import event, given, note, reject, settings
 from hypothesis import strategies as st
 from test_dbsp_differential import Fold
 
 from core import SYSTEM_IDENTITY, Database, Identity, Module, StoreConfig, btree, index
+from core.dbsp.arrangement import SharedSide
 from core.errors import ConstraintViolation, PolicyViolation, SqlError, StoreError
 from core.module import read_policy, write_policy
 from core.sql.query import run_query
@@ -494,6 +495,10 @@ SUBQUERY_PROBES = [
     "SELECT id FROM notes WHERE call_id IN (SELECT MAX(id) FROM calls GROUP BY team)",
     "SELECT id FROM calls WHERE id IN (SELECT call_id FROM transcripts)"
     " AND team IN (SELECT name FROM teams WHERE region = 'eu')",
+    # a top-k and a HAVING inside the subquery: computed over visible rows only
+    "SELECT id FROM calls WHERE id IN (SELECT id FROM calls ORDER BY minutes DESC LIMIT 1)",
+    "SELECT name FROM teams WHERE name IN (SELECT team FROM calls GROUP BY team"
+    " HAVING COUNT(*) > 1)",
 ]
 
 
@@ -854,7 +859,7 @@ def test_reducer_reads_see_only_visible_rows(world: Database, state: State) -> N
     got = world.execute("probe", None, A).value
     assert got["calls.get"] == [1, 2, 4] and got["calls.find.B"] == [4]
     assert got["calls.find_one.B"] == 4 and got["calls.find_one.C"] is None
-    assert got["transcripts.find"] == [1, 2, 8, 4, 6] and got["notes.count"] == 2
+    assert sorted(got["transcripts.find"]) == [1, 2, 4, 6, 8] and got["notes.count"] == 2
 
 
 def test_system_and_bypass_see_everything(world: Database) -> None:
@@ -982,12 +987,71 @@ def retarget(ctx: ReducerContext) -> None:
 
 
 def test_update_cannot_retarget_the_primary_key_to_a_hidden_row(world: Database) -> None:
+    """Regression: ``update({own row}, id=<hidden key>)`` once overwrote B's hidden call 3.
+
+    The secured handle checked the old row at the key of the mapping *before* ``**changes``
+    were applied, while ``TableHandle.update`` writes the row at the key *after* them
+    (fixed in core/rls.py: the check now uses the resulting key).
+    """
     before = dump(world)
-    try:
+    with pytest.raises(PolicyViolation):
         world.execute("retarget", None, A)
-    except StoreError:
-        pass
     assert dump(world) == before, "B's hidden call 3 was overwritten by A"
+    world.execute("retarget", None, A, bypass_rls=True)  # the same write, unrestricted
+    assert dump(world)["calls"][(3,)]["note"] == "hijacked by A"
+
+
+# =========================================================================== core bugs found here
+
+SHARED_INIT_BUG = (
+    "core bug: Join.init (core/dbsp/join.py) feeds the full left input through"
+    " self.step([full, None]), so a SharedSide's prepare() goes to"
+    " ArrangementRegistry.pending_of(), which caches one pending delta per registry offset:"
+    " at subscribe time (outside any commit) it either returns the pending of the last commit"
+    " (already integrated and reset to {}) when another circuit sharing the arrangement"
+    " stepped in it - the new join starts empty - or stores the full input as that pending,"
+    " which B.prepare(None) on the same arrangement (a self-join) then returns as B's delta"
+    " - every initial row counted 1 + 2 = 3 times. test_dbsp_differential subscribes on an"
+    " empty store only, so it never sees either"
+)
+
+
+def _join_world() -> Database:
+    db = open_db()
+    system(db, [["ins", "notes", {**n, "author": A, "body": str(n["id"])}] for n in NOTES[:2]])
+    system(db, [["ins", "calls", {**c, "owner": A, "note": str(c["id"])}] for c in CALLS[:2]])
+    return db
+
+
+@pytest.mark.xfail(strict=True, reason=SHARED_INIT_BUG)
+@pytest.mark.parametrize("sender", [None, A], ids=["system", "A"])
+def test_a_self_join_subscribed_over_existing_rows(sender: str | None) -> None:
+    db = _join_world()
+    try:
+        q = "SELECT a.id, b.id FROM notes AS a JOIN notes AS b ON b.body = a.body"
+        _, rows = SubscriptionManager(db).subscribe(q, None, sender=sender)
+        assert sorted(rows) == sorted(ask(db, q, sender=sender)) == [(1, 1), (2, 2)]
+    finally:
+        db.close()
+
+
+@pytest.mark.xfail(strict=True, reason=SHARED_INIT_BUG)
+@pytest.mark.parametrize("sender", [None, A], ids=["system", "A"])
+def test_a_join_subscribed_after_a_commit_stepped_a_shared_arrangement(
+    sender: str | None,
+) -> None:
+    db = _join_world()
+    try:
+        mgr = SubscriptionManager(db)
+        x = "SELECT a.id, b.id FROM notes AS a JOIN calls AS b ON b.note = a.body"
+        y = x + " WHERE b.minutes > 0"  # a different circuit, the same arrangement of notes
+        _, rows = mgr.subscribe(x, None, sender=sender)
+        assert sorted(rows) == [(1, 1), (2, 2)]
+        system(db, [["ins", "notes", {**NOTES[2], "author": A, "body": "nothing"}]])
+        _, rows = mgr.subscribe(y, None, sender=sender)
+        assert sorted(rows) == sorted(ask(db, y, sender=sender)) == [(1, 1), (2, 2)]
+    finally:
+        db.close()
 
 
 # =========================================================================== differential
@@ -1158,17 +1222,19 @@ def note_row(draw: Any, nid: int) -> Row:
 @st.composite
 def initial_ops(draw: Any) -> list[list]:
     ops: list[list] = []
-    for cid in draw(st.lists(st.integers(1, 12), max_size=10, unique=True)):
+    for cid in draw(st.lists(st.integers(1, 12), min_size=3, max_size=10, unique=True)):
         ops.append(["ins", "calls", call_row(draw, cid)])
-    for tid in draw(st.lists(st.integers(1, 20), max_size=12, unique=True)):
+    for tid in draw(st.lists(st.integers(1, 20), min_size=3, max_size=12, unique=True)):
         ops.append(["ins", "transcripts", transcript_row(draw, tid)])
     for cid, g in draw(
-        st.lists(st.tuples(st.integers(0, 14), st.sampled_from(IDS)), max_size=8, unique=True)
+        st.lists(
+            st.tuples(st.integers(0, 14), st.sampled_from(IDS)), min_size=2, max_size=8, unique=True
+        )
     ):
         ops.append(["ins", "grants", {"call_id": cid, "grantee": g}])
-    for nid in draw(st.lists(st.integers(1, 8), max_size=6, unique=True)):
+    for nid in draw(st.lists(st.integers(1, 8), min_size=2, max_size=6, unique=True)):
         ops.append(["ins", "notes", note_row(draw, nid)])
-    for name in draw(st.lists(st.sampled_from(ALL_TEAMS), max_size=4, unique=True)):
+    for name in draw(st.lists(st.sampled_from(ALL_TEAMS), min_size=2, max_size=4, unique=True)):
         ops.append(["ins", "teams", {"name": name, "region": draw(st.sampled_from(["eu", "us"]))}])
     return ops
 
@@ -1283,8 +1349,10 @@ def _run_both(db: Database, oracle_db: Database, q: Q, as_of: int | None, x: str
         with pytest.raises(SqlError) as got_err:
             run_query(db, vh_sql, vh_params, sender=x)
         assert str(got_err.value) == str(e)
+        event("query rejected (by both)")
         return
     got = ask(db, vh_sql, vh_params, x)
+    event("restricted result: " + ("rows" if got else "empty"))
     assert same(got, want, q.ordered), (
         f"{NAMES[x]} sees other rows than it may (as_of={as_of}, ordered={q.ordered})\n"
         f"{vh_sql}\nparams={vh_params!r}\n got  {got}\n want {want}"
@@ -1324,25 +1392,54 @@ def run_query_differential(data: Any) -> None:
         db.close()
 
 
+def reads_a_shared_arrangement_twice(sub: Subscription) -> bool:
+    """Whether the circuit's joins read one registry arrangement on two sides: the trigger of
+    the core bug pinned by ``test_a_self_join_subscribed_over_existing_rows``."""
+    seen: set[int] = set()
+    todo: list[Any] = [sub.instance.circuit.root]
+    while todo:
+        op = todo.pop()
+        todo.extend(op.inputs)
+        for side in (getattr(op, "A", None), getattr(op, "B", None)):
+            if isinstance(side, SharedSide):
+                if id(side.arr) in seen:
+                    return True
+                seen.add(id(side.arr))
+    return False
+
+
 def run_subscription_differential(data: Any) -> None:
+    """Subscriptions over existing rows, then random commits (system and identities).
+
+    Each subscription has a manager of its own: subscribing a join after another circuit
+    stepped a shared arrangement is a known core bug (``SHARED_INIT_BUG``), and so is one
+    circuit reading an arrangement twice (those examples are rejected, not hidden: see the
+    xfail tests above).
+    """
     db = open_db()
-    mgr = SubscriptionManager(db)
-    cl = Client(mgr)
+    clients: list[tuple[Client, Subscription, str, Any, str]] = []
     try:
         system(db, data.draw(initial_ops(), label="initial"))
         state = dump(db)
-        subs: list[tuple[Subscription, str, Any, str]] = []
         for _ in range(data.draw(st.integers(1, 2), label="queries")):
             q = data.draw(queries(state), label="query")
             sql, params = q.make(None)
             note(f"subscribe: {sql}  params={params!r}")
             for x in IDS:
-                subs.append((cl.subscribe(sql, params, x), sql, params, x))
+                cl = Client(SubscriptionManager(db))
+                sub = cl.subscribe(sql, params, x)
+                clients.append((cl, sub, sql, params, x))
+                if reads_a_shared_arrangement_twice(sub):
+                    event("rejected: the known shared-arrangement bug would trigger")
+                    reject()
+
+        def deliveries() -> list[int]:
+            return [len(cl.deliveries) for cl, *_ in clients]
 
         def check(when: str) -> None:
             oracles = {x: oracle(visible(state, x)) for x in IDS}
             try:
-                for sub, sql, params, x in subs:
+                for cl, sub, sql, params, x in clients:
                     got = cl.rows(sub)
                     fresh = sorted_rows(ask(db, sql, params, x))
                     assert gen.same_rows(got, fresh, False), (
@@ -1371,28 +1468,30 @@ def run_subscription_differential(data: Any) -> None:
                 ops.append(op)
                 apply_op(s, op)
             note(f"commit {i} by {NAMES[who]}: {ops}")
-            before = len(cl.deliveries)
+            before = deliveries()
             if who is None:
                 system(db, ops)
                 expected: State | None = s
             else:
                 status, expected, deleted = user_outcome(state, ops, who)
                 note(f"expected: {status}")
+                event(f"write by an identity: {status}")
                 if status == "ok":
                     assert db.execute("user_apply", [ops], who).value == deleted
                 else:
                     err = PolicyViolation if status == "denied" else ConstraintViolation
                     with pytest.raises(err):
                         db.execute("user_apply", [ops], who)
-                    assert len(cl.deliveries) == before, "a refused commit delivered deltas"
+                    assert deliveries() == before, "a refused commit delivered deltas"
                     expected = state
             state = dump(db)
             if expected is not None:
                 assert state == expected, f"commit {i} by {NAMES[who]}: unexpected outcome"
-            assert len(cl.deliveries) - before <= 1
+            assert all(n - b <= 1 for n, b in zip(deliveries(), before))
             check(f"after commit {i}")
     finally:
-        mgr.close()
+        for cl, *_ in clients:
+            cl.mgr.close()
         db.close()
 
 
