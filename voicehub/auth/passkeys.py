@@ -61,6 +61,7 @@ from webauthn.helpers.structs import (
 )
 
 from core.database import Database
+from voicehub.auth.http import error_response, json_response, read_object
 from voicehub.auth.passkey_store import (
     CeremonyError,
     CeremonyStore,
@@ -68,8 +69,7 @@ from voicehub.auth.passkey_store import (
     PasskeyStore,
     counter_regressed,
 )
-from voicehub.server.codec import decode_json, encode_json
-from voicehub.server.errors import ApiError, describe, status_for
+from voicehub.server.errors import ApiError
 
 log = logging.getLogger("voicehub.auth.passkeys")
 
@@ -98,7 +98,6 @@ ALGORITHMS: list[COSEAlgorithmIdentifier] = [
     COSEAlgorithmIdentifier.EDDSA,
     COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256,
 ]
-MAX_BODY = 64 * 1024
 """Largest accepted request body (a credential is a few kilobytes)."""
 
 
@@ -469,36 +468,7 @@ class PasskeyService:
 
 # ---------------------------------------------------------------- HTTP
 
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(encode_json(body), status_code=status, media_type="application/json")
-
-
-def _error(exc: BaseException) -> Response:
-    code, message = describe(exc)
-    return _json({"error": {"code": code, "message": message}}, status_for(code))
-
-
-async def _body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
-    """The request's JSON object (empty body = ``{}``), with only ``allowed`` fields."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise ApiError("invalid_request", "the request body is too large")
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ApiError("invalid_request", "the request body is too large")
-    if not raw.strip():
-        return {}
-    try:
-        body = decode_json(raw)
-    except Exception:
-        raise ApiError("invalid_request", "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError("invalid_request", "the body must be a JSON object")
-    extra = sorted(set(body) - allowed)
-    if extra:
-        raise ApiError("invalid_request", f"unknown field(s) {extra}")
-    return body
+_CREDENTIAL_FIELDS = frozenset({"ceremony", "credential"})
 
 
 def _text(body: dict[str, Any], name: str, limit: int, required: bool = False) -> str | None:
@@ -531,8 +501,8 @@ def _endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
         try:
             out = await fn(request)
         except Exception as e:
-            return _error(e)
-        return _json(out)
+            return error_response(e)
+        return json_response(out)
 
     return run
 
@@ -541,7 +511,7 @@ def passkey_routes(get_service: Callable[[Request], PasskeyService]) -> list[Rou
     """The passkey endpoints (JSON in and out, errors as ``{"error": {code, message}}``)."""
 
     async def register_options(request: Request) -> Any:
-        body = await _body(request, frozenset({"display_name", "email"}))
+        body = await read_object(request, frozenset({"display_name", "email"}))
         return get_service(request).register_options(
             request.headers.get("authorization"),
             _text(body, "display_name", 200),
@@ -549,17 +519,21 @@ def passkey_routes(get_service: Callable[[Request], PasskeyService]) -> list[Rou
         )
 
     async def register_verify(request: Request) -> Any:
-        ceremony, cred = _credential(await _body(request, frozenset({"ceremony", "credential"})))
+        ceremony, cred = _credential(
+            await read_object(request, frozenset({"ceremony", "credential"}))
+        )
         return await get_service(request).register_verify(
             ceremony, cred, request.headers.get("authorization"), _remote(request)
         )
 
     async def login_options(request: Request) -> Any:
-        body = await _body(request, frozenset({"identity"}))
+        body = await read_object(request, frozenset({"identity"}))
         return get_service(request).login_options(_text(body, "identity", 256))
 
     async def login_verify(request: Request) -> Any:
-        ceremony, cred = _credential(await _body(request, frozenset({"ceremony", "credential"})))
+        ceremony, cred = _credential(
+            await read_object(request, frozenset({"ceremony", "credential"}))
+        )
         return await get_service(request).login_verify(ceremony, cred, _remote(request))
 
     async def list_credentials(request: Request) -> Any:

@@ -21,46 +21,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from voicehub.server.codec import decode_json, encode_json
-from voicehub.server.errors import ApiError, describe, status_for
+from voicehub.auth.http import error_response, json_response, read_object
+from voicehub.server.errors import ApiError
 
 if TYPE_CHECKING:
     from voicehub.auth.service import AuthService
 
-MAX_BODY = 64 * 1024
 
 GetService = Callable[[Request], "AuthService"]
 Inflight = Callable[[Request], contextlib.AbstractContextManager[Any]]
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(encode_json(body), status_code=status, media_type="application/json")
-
-
-def _error(exc: BaseException) -> Response:
-    code, message = describe(exc)
-    return _json({"error": {"code": code, "message": message}}, status_for(code))
-
-
-async def _body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise ApiError("invalid_request", "the request body is too large")
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ApiError("invalid_request", "the request body is too large")
-    if not raw.strip():
-        return {}
-    try:
-        body = decode_json(raw)
-    except Exception:
-        raise ApiError("invalid_request", "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError("invalid_request", "the body must be a JSON object")
-    extra = sorted(set(body) - allowed)
-    if extra:
-        raise ApiError("invalid_request", f"unknown field(s) {extra}")
-    return body
 
 
 def _remote(request: Request) -> str | None:
@@ -88,17 +57,17 @@ def auth_routes(get_service: GetService, inflight: Inflight | None = None) -> li
                 with guard:
                     out = await fn(request, get_service(request))
             except Exception as e:
-                return _error(e)
-            return _json(out, status)
+                return error_response(e)
+            return json_response(out, status)
 
         return run
 
     async def challenge(request: Request, auth: AuthService) -> Any:
-        body = await _body(request, frozenset({"public_key"}))
+        body = await read_object(request, frozenset({"public_key"}))
         return auth.ed25519.challenge(body.get("public_key"))
 
     async def ed25519(request: Request, auth: AuthService) -> Any:
-        body = await _body(
+        body = await read_object(
             request, frozenset({"public_key", "challenge", "signature", "display_name"})
         )
         return await auth.ed25519.login(
@@ -112,7 +81,7 @@ def auth_routes(get_service: GetService, inflight: Inflight | None = None) -> li
     async def password_register(request: Request, auth: AuthService) -> Any:
         header = request.headers.get("authorization")
         by = auth.principal(header) if header else None
-        body = await _body(request, frozenset({"email", "password", "display_name"}))
+        body = await read_object(request, frozenset({"email", "password", "display_name"}))
         return await auth.passwords.register(
             body.get("email"),
             body.get("password"),
@@ -122,11 +91,11 @@ def auth_routes(get_service: GetService, inflight: Inflight | None = None) -> li
         )
 
     async def password_login(request: Request, auth: AuthService) -> Any:
-        body = await _body(request, frozenset({"email", "password"}))
+        body = await read_object(request, frozenset({"email", "password"}))
         return await auth.passwords.login(body.get("email"), body.get("password"), _remote(request))
 
     async def magic_request(request: Request, auth: AuthService) -> Any:
-        body = await _body(request, frozenset({"email"}))
+        body = await read_object(request, frozenset({"email"}))
         await auth.magic.request(body.get("email"), _remote(request))
         return {"status": "accepted"}
 
@@ -134,7 +103,7 @@ def auth_routes(get_service: GetService, inflight: Inflight | None = None) -> li
         if request.method == "GET":
             token = request.query_params.get("token")
         else:
-            token = (await _body(request, frozenset({"token"}))).get("token")
+            token = (await read_object(request, frozenset({"token"}))).get("token")
         return await auth.magic.verify(token, _remote(request))
 
     async def me(request: Request, auth: AuthService) -> Any:
