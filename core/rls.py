@@ -27,6 +27,7 @@ write policy) raises ``PolicyViolation``, rolling the transaction back.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -105,8 +106,23 @@ class TablePolicies:
         return branches
 
 
+_POLICIES: dict[int, tuple[TableDef, TablePolicies | None]] = {}
+
+
 def policies_of(tdef: TableDef) -> TablePolicies | None:
-    return TablePolicies(tdef) if tdef.policies else None
+    """The parsed policies of ``tdef``, parsed once per table definition (not per query)."""
+    hit = _POLICIES.get(id(tdef))
+    if hit is None or hit[0] is not tdef:
+        if len(_POLICIES) >= 4096:
+            _POLICIES.clear()
+        hit = (tdef, TablePolicies(tdef) if tdef.policies else None)
+        _POLICIES[id(tdef)] = hit
+    return hit[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_branch(sql: str) -> exp.Expr:
+    return parse(sql)
 
 
 class PolicyCompiler:
@@ -114,7 +130,6 @@ class PolicyCompiler:
 
     def __init__(self, stores: Mapping[str, TableStore]) -> None:
         self.stores = stores
-        self._parsed: dict[int, tuple[TableDef, TablePolicies | None]] = {}
 
     def unrestricted(self, name: str) -> TableDef | None:
         store = self.stores.get(name)
@@ -129,11 +144,7 @@ class PolicyCompiler:
         return tdef
 
     def policies(self, tdef: TableDef) -> TablePolicies | None:
-        hit = self._parsed.get(id(tdef))
-        if hit is None or hit[0] is not tdef:
-            hit = (tdef, policies_of(tdef))
-            self._parsed[id(tdef)] = hit
-        return hit[1]
+        return policies_of(tdef)
 
     def branch_plans(self, tdef: TableDef, wheres: list[str], sender: str) -> list[ir.Node]:
         out = []
@@ -141,7 +152,7 @@ class PolicyCompiler:
             sql = f"SELECT * FROM {_quote(tdef.name)} WHERE {where}"
             lw = Lowerer(sql, Params({"sender": sender}), self.unrestricted)
             try:
-                node = lw.query(parse(sql))
+                node = lw.query(_parse_branch(sql).copy())
             except StoreError as e:
                 raise SchemaError(f"a policy of table {tdef.name!r}: {e.message}") from None
             if lw.as_of is not None:
