@@ -100,9 +100,6 @@ class Database:
         self.lifecycle: dict[str, list[str]] = {"client_connected": [], "client_disconnected": []}
         self.modules: list[Module] = []
         self.view = DbView({})
-        self._handles: dict[str, TableHandle] = {}
-        self._policed: list[TableStore] = []
-        self._secured_cache: dict[str, DbView] = {}
         self._secured = SecuredViews(self)
         self.scheduler = Scheduler(self)
         self.offset = 0
@@ -254,29 +251,9 @@ class Database:
         return install
 
     def _rebuild_view(self) -> None:
-        self._handles = {n: TableHandle(self, s) for n, s in self.stores.items()}
-        self.view = DbView(self._handles)
-        self._policed = [s for s in self.stores.values() if s.tdef.policies and not s.tdef.system]
-        self._secured_cache = {}
-
-    def _secured_view(self, sender: str) -> DbView:
-        """``ctx.db`` for a non-system caller: policed tables behind ``SecuredHandle``s.
-
-        Handles hold no transaction state, so one view per sender is built and reused
-        (until the schema changes): a call pays a dict lookup, not a handle per table.
-        """
-        view = self._secured_cache.get(sender)
-        if view is None:
-            handles = dict(self._handles)
-            for store in self._policed:
-                h = self._secured.handle(store, sender)
-                if h is not None:
-                    handles[store.name] = h
-            view = DbView(handles)
-            if len(self._secured_cache) >= 1024:
-                self._secured_cache.pop(next(iter(self._secured_cache)))
-            self._secured_cache[sender] = view
-        return view
+        handles = {n: TableHandle(self, s) for n, s in self.stores.items()}
+        self.view = DbView(handles)
+        self._secured.reset(handles)
 
     # ---------------------------------------------------------------- writing
 
@@ -362,8 +339,8 @@ class Database:
         self._tx = tx
         try:
             ctx = ReducerContext(self, tx)
-            if not bypass_rls and caller != SYSTEM_IDENTITY and self._policed:
-                ctx.db = self._secured_view(caller)
+            if not bypass_rls and caller != SYSTEM_IDENTITY and self._secured.policed:
+                ctx.db = self._secured.view(caller)
             value = fn(ctx, *argv)
             if value is not None:
                 value = check(ColumnType.JSON, True, value, f"return value of {name!r}")

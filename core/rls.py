@@ -43,7 +43,7 @@ from core.sql.ordering import freeze
 from core.sql.parse import Params, parse
 from core.sql.plan_util import and_all
 from core.storage.table import TableStore
-from core.transaction import TableHandle
+from core.transaction import DbView, TableHandle
 
 if TYPE_CHECKING:
     from core.database import Database
@@ -459,6 +459,34 @@ class SecuredViews:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._cache: dict[tuple[str, str], tuple[TableDef, RowPolicy, RowPolicy]] = {}
+        self._handles: dict[str, TableHandle] = {}
+        self.policed: list[TableStore] = []
+        self._views: dict[str, DbView] = {}
+
+    def reset(self, handles: dict[str, TableHandle]) -> None:
+        """The schema changed: these are the plain handles now; forget built views."""
+        self._handles = handles
+        self.policed = [s for s in self.db.stores.values() if s.tdef.policies and not s.tdef.system]
+        self._views = {}
+
+    def view(self, sender: str) -> DbView:
+        """``ctx.db`` for a non-system caller: policed tables behind ``SecuredHandle``s.
+
+        Handles hold no transaction state, so one view per sender is built and reused
+        (until the schema changes): a call pays a dict lookup, not a handle per table.
+        """
+        view = self._views.get(sender)
+        if view is None:
+            handles = dict(self._handles)
+            for store in self.policed:
+                h = self.handle(store, sender)
+                if h is not None:
+                    handles[store.name] = h
+            view = DbView(handles)
+            if len(self._views) >= 1024:
+                self._views.pop(next(iter(self._views)))
+            self._views[sender] = view
+        return view
 
     def handle(self, store: TableStore, sender: str) -> TableHandle | None:
         """A secured handle, or None when the table has no policy."""
