@@ -113,12 +113,6 @@ class SubscriptionManager:
     def close(self) -> None:
         self.db.remove_listener(self._on_commit)
 
-    def _schema(self, name: str) -> Any:
-        store = self.db.stores.get(name)
-        if store is None or store.tdef.system:
-            return None
-        return store.tdef
-
     def compile(
         self,
         sql: str,
