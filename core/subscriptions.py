@@ -108,10 +108,14 @@ class SubscriptionManager:
         self.hooks: list[Hook] = []
         self._ids = itertools.count(1)
         self._seq = itertools.count()
+        self._closed = False
         db.add_listener(self._on_commit)
 
     def close(self) -> None:
-        self.db.remove_listener(self._on_commit)
+        """Stop following commits (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.db.remove_listener(self._on_commit)
 
     def compile(
         self,

@@ -32,12 +32,11 @@ from typing import Any
 import msgspec
 import pytest
 import test_sql_adhoc as gen
-from hypothesis import event, given, note, reject, settings
+from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from test_dbsp_differential import Fold
 
 from core import SYSTEM_IDENTITY, Database, Identity, Module, StoreConfig, btree, index
-from core.dbsp.arrangement import SharedSide
 from core.errors import ConstraintViolation, PolicyViolation, SqlError, StoreError
 from core.module import read_policy, write_policy
 from core.sql.query import run_query
@@ -1003,17 +1002,10 @@ def test_update_cannot_retarget_the_primary_key_to_a_hidden_row(world: Database)
 
 # =========================================================================== core bugs found here
 
-SHARED_INIT_BUG = (
-    "core bug: Join.init (core/dbsp/join.py) feeds the full left input through"
-    " self.step([full, None]), so a SharedSide's prepare() goes to"
-    " ArrangementRegistry.pending_of(), which caches one pending delta per registry offset:"
-    " at subscribe time (outside any commit) it either returns the pending of the last commit"
-    " (already integrated and reset to {}) when another circuit sharing the arrangement"
-    " stepped in it - the new join starts empty - or stores the full input as that pending,"
-    " which B.prepare(None) on the same arrangement (a self-join) then returns as B's delta"
-    " - every initial row counted 1 + 2 = 3 times. test_dbsp_differential subscribes on an"
-    " empty store only, so it never sees either"
-)
+# A join subscribed over existing rows through a shared arrangement once got a wrong first
+# result: ``Join.init`` stepped its sides through ``Side.prepare``, which for a shared
+# arrangement returns the *commit's* cached delta (a self-join counted rows 3 times; a join
+# subscribed after another circuit read the arrangement in the last commit started empty).
 
 
 def _join_world() -> Database:
@@ -1023,7 +1015,6 @@ def _join_world() -> Database:
     return db
 
 
-@pytest.mark.xfail(strict=True, reason=SHARED_INIT_BUG)
 @pytest.mark.parametrize("sender", [None, A], ids=["system", "A"])
 def test_a_self_join_subscribed_over_existing_rows(sender: str | None) -> None:
     db = _join_world()
@@ -1035,7 +1026,6 @@ def test_a_self_join_subscribed_over_existing_rows(sender: str | None) -> None:
         db.close()
 
 
-@pytest.mark.xfail(strict=True, reason=SHARED_INIT_BUG)
 @pytest.mark.parametrize("sender", [None, A], ids=["system", "A"])
 def test_a_join_subscribed_after_a_commit_stepped_a_shared_arrangement(
     sender: str | None,
@@ -1392,32 +1382,15 @@ def run_query_differential(data: Any) -> None:
         db.close()
 
 
-def reads_a_shared_arrangement_twice(sub: Subscription) -> bool:
-    """Whether the circuit's joins read one registry arrangement on two sides: the trigger of
-    the core bug pinned by ``test_a_self_join_subscribed_over_existing_rows``."""
-    seen: set[int] = set()
-    todo: list[Any] = [sub.instance.circuit.root]
-    while todo:
-        op = todo.pop()
-        todo.extend(op.inputs)
-        for side in (getattr(op, "A", None), getattr(op, "B", None)):
-            if isinstance(side, SharedSide):
-                if id(side.arr) in seen:
-                    return True
-                seen.add(id(side.arr))
-    return False
-
-
 def run_subscription_differential(data: Any) -> None:
     """Subscriptions over existing rows, then random commits (system and identities).
 
-    Each subscription has a manager of its own: subscribing a join after another circuit
-    stepped a shared arrangement is a known core bug (``SHARED_INIT_BUG``), and so is one
-    circuit reading an arrangement twice (those examples are rejected, not hidden: see the
-    xfail tests above).
+    All subscriptions share one manager (and so its shared arrangements), as on a server:
+    later subscriptions join arrangements that earlier circuits already stepped.
     """
     db = open_db()
     clients: list[tuple[Client, Subscription, str, Any, str]] = []
+    mgr = SubscriptionManager(db)
     try:
         system(db, data.draw(initial_ops(), label="initial"))
         state = dump(db)
@@ -1426,12 +1399,9 @@ def run_subscription_differential(data: Any) -> None:
             sql, params = q.make(None)
             note(f"subscribe: {sql}  params={params!r}")
             for x in IDS:
-                cl = Client(SubscriptionManager(db))
+                cl = Client(mgr)
                 sub = cl.subscribe(sql, params, x)
                 clients.append((cl, sub, sql, params, x))
-                if reads_a_shared_arrangement_twice(sub):
-                    event("rejected: the known shared-arrangement bug would trigger")
-                    reject()
 
         def deliveries() -> list[int]:
             return [len(cl.deliveries) for cl, *_ in clients]
@@ -1490,8 +1460,7 @@ def run_subscription_differential(data: Any) -> None:
             assert all(n - b <= 1 for n, b in zip(deliveries(), before))
             check(f"after commit {i}")
     finally:
-        for cl, *_ in clients:
-            cl.mgr.close()
+        mgr.close()
         db.close()
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from core.dbsp.arrangement import PrivateSide, Side, null_key
+from core.dbsp.arrangement import PrivateSide, Side, group, null_key
 from core.dbsp.operator import Operator
 from core.dbsp.zset import ZSet, zadd
 from core.sql import ir
@@ -43,15 +43,36 @@ class Join(Operator):
             assert isinstance(lside, PrivateSide), "LEFT JOIN keeps its left input itself"
 
     def init(self, full: list[ZSet]) -> ZSet:
-        if isinstance(self.B, PrivateSide):
-            self.B.load(full[1])
-        return self.step([full[0] or None, None]) or {}
+        """The join of both inputs' current states, outside any commit.
+
+        The whole left input is joined against the right side's current state directly:
+        it must not go through ``Side.prepare``, which for a shared arrangement returns
+        (and caches) the *commit's* delta of that arrangement, so a self-join would see its
+        left rows again as a right-side delta, and a join created after another circuit
+        read the arrangement in the last commit would see that commit's (empty) delta.
+        """
+        A, B = self.A, self.B
+        if isinstance(B, PrivateSide):
+            B.load(full[1])
+        A.pending = {}
+        B.pending = {}
+        dA = full[0] or None
+        out = self._join(dA, group(dA, A.key), {})
+        if isinstance(A, PrivateSide):
+            A.load(full[0])
+        return out or {}
 
     def step(self, deltas: Sequence[ZSet | None]) -> ZSet | None:
         dA, dB = deltas
+        A, B = self.A, self.B
+        out = self._join(dA, A.prepare(dA), B.prepare(dB))
+        A.commit()
+        B.commit()
+        return out or None
+
+    def _join(self, dA: ZSet | None, gA: dict, gB: dict) -> ZSet:
+        """ΔA⋈B_old + A_new⋈ΔB (+ the LEFT padding changes) for grouped deltas."""
         A, B, res = self.A, self.B, self.res
-        gA = A.prepare(dA)
-        gB = B.prepare(dB)
         out: ZSet = {}
         for k, rows in gA.items():
             olds = list(B.old(k))
@@ -73,9 +94,7 @@ class Join(Operator):
                         zadd(out, r, wa * wb)
         if self.kind == "left":
             self._pad(dA, gA, gB, out)
-        A.commit()
-        B.commit()
-        return out or None
+        return out
 
     def _pad(self, dA: ZSet | None, gA: dict, gB: dict, out: ZSet) -> None:
         A = self.A
