@@ -26,12 +26,16 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from voicehub.client.wire import Row, decode_bytes, row_key
 
-if TYPE_CHECKING:
-    from voicehub.client.connection import Client
+
+class SubscriptionOwner(Protocol):
+    """The client a subscription belongs to (remote ``Client`` or in-process ``LocalClient``)."""
+
+    async def _unsubscribe(self, sub: Subscription) -> None: ...
+
 
 log = logging.getLogger("voicehub.client")
 
@@ -79,7 +83,7 @@ class Subscription:
 
     def __init__(
         self,
-        client: Client | None,
+        client: SubscriptionOwner | None,
         query_id: Any,
         sql: str | None,
         params: Any,

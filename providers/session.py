@@ -1,0 +1,321 @@
+"""The provider-neutral call session: what every ingress adapter (Twilio, Vonage, later SIP
+and WebRTC) turns its media stream into, and what the media worker consumes.
+
+Inbound, an adapter pushes canonical audio frames (16 kHz s16le mono, 20 ms, timestamped in
+media milliseconds since the stream started), DTMF digits, playback marks it was told about
+and the end of the stream; the consumer reads them in arrival order from ``events()``.
+Outbound, the consumer queues canonical PCM with optional marks (``play``) and can ``clear``
+on barge-in; a pacer task sends exactly one 20 ms frame per tick against an absolute clock
+(no burst, no drift: frame n leaves at t0 + n·20 ms), through the adapter's
+``MediaTransport``, which encodes to the provider's wire format.
+
+Invariants: inbound audio is never dropped (the queue is unbounded; a consumer that falls
+behind shows up in ``inbound_backlog``); a mark resolves exactly once, ``True`` when the
+provider reported playback reached it and ``False`` when it was cleared or the stream ended;
+nothing here knows a provider's notions (stream ids, sids, NCCOs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from providers.codecs import CANONICAL_FRAME_BYTES, FRAME_MS, Framer
+
+log = logging.getLogger("voicehub.providers")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """20 ms of the caller's audio: canonical PCM and its media time."""
+
+    pcm: bytes
+    timestamp_ms: int
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    digits: str
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkReached:
+    """The provider reported that playback reached ``name`` (or it was cleared)."""
+
+    name: str
+    played: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    reason: str
+
+
+InboundEvent = AudioFrame | Dtmf | MarkReached | StreamEnded
+
+
+class MediaTransport(Protocol):
+    """The adapter's half of a session: provider-format output on its media socket."""
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Send one canonical 20 ms frame (the adapter encodes it)."""
+        ...
+
+    async def send_mark(self, name: str) -> None:
+        """Ask the provider to report when playback reaches this point."""
+        ...
+
+    async def send_clear(self) -> None:
+        """Drop whatever audio the provider has buffered for playback."""
+        ...
+
+
+@dataclass
+class _Mark:
+    name: str
+    future: asyncio.Future[bool]
+
+
+@dataclass
+class _Chunk:
+    pcm: bytes
+
+
+@dataclass
+class PlaybackStats:
+    frames_sent: int = 0
+    late_frames: int = 0
+    """Ticks that started more than one frame late (the loop was stalled)."""
+    reanchors: int = 0
+    """Stalls longer than ``max_lag`` after which the clock was re-anchored, not caught up."""
+    max_lag_ms: float = 0.0
+    clears: int = 0
+    send_times: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+
+class CallSession:
+    """One live call's media, between an adapter and its consumer."""
+
+    def __init__(
+        self,
+        call_id: int,
+        provider: str,
+        provider_call_id: str,
+        transport: MediaTransport,
+        *,
+        clock: Callable[[], float] | None = None,
+        max_lag_s: float = 0.2,
+    ) -> None:
+        self.call_id = call_id
+        self.provider = provider
+        self.provider_call_id = provider_call_id
+        self.transport = transport
+        self.ended: str | None = None
+        self.stats = PlaybackStats()
+        self._inbound: asyncio.Queue[InboundEvent] = asyncio.Queue()
+        self._outbound: deque[_Chunk | _Mark] = deque()
+        self._framer = Framer(CANONICAL_FRAME_BYTES)
+        self._marks: dict[str, _Mark] = {}
+        self._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._clock = clock or loop.time
+        self._max_lag = max_lag_s
+        self._pacer = loop.create_task(self._pace(), name=f"voicehub-pacer-{call_id}")
+        self._seq = 0
+        self.frames_in = 0
+        self.last_inbound_ms = 0
+        self.playing = False
+        """True while outbound audio is queued or being sent."""
+
+    # ---------------------------------------------------------------- inbound (adapter)
+
+    def push_audio(self, pcm: bytes, timestamp_ms: int) -> None:
+        if self.ended is not None:
+            return
+        self._seq += 1
+        self.frames_in += 1
+        self.last_inbound_ms = timestamp_ms
+        self._inbound.put_nowait(AudioFrame(pcm, timestamp_ms, self._seq))
+
+    def push_dtmf(self, digits: str, timestamp_ms: int | None = None) -> None:
+        if self.ended is None and digits:
+            ts = self.last_inbound_ms if timestamp_ms is None else timestamp_ms
+            self._inbound.put_nowait(Dtmf(digits, ts))
+
+    def mark_reached(self, name: str) -> None:
+        """The provider echoed a mark: playback got there."""
+        m = self._marks.pop(name, None)
+        if m is None:
+            return  # a mark we already resolved (cleared) or never sent
+        if not m.future.done():
+            m.future.set_result(True)
+        self._inbound.put_nowait(MarkReached(name, True))
+
+    def end(self, reason: str = "stopped") -> None:
+        """The stream is over (provider stop, socket closed, call ended)."""
+        if self.ended is not None:
+            return
+        self.ended = reason
+        self._drop_outbound()
+        self._pacer.cancel()
+        self._inbound.put_nowait(StreamEnded(reason))
+
+    @property
+    def inbound_backlog(self) -> int:
+        return self._inbound.qsize()
+
+    async def events(self) -> AsyncIterator[InboundEvent]:
+        """Every inbound event in arrival order, ending with ``StreamEnded``."""
+        while True:
+            ev = await self._inbound.get()
+            yield ev
+            if isinstance(ev, StreamEnded):
+                return
+
+    # ---------------------------------------------------------------- outbound (consumer)
+
+    def play(self, pcm: bytes, mark: str | None = None) -> asyncio.Future[bool] | None:
+        """Queue canonical PCM; with ``mark``, a future that resolves when it has played
+        (True) or was cleared (False)."""
+        if self.ended is not None:
+            raise RuntimeError(f"call {self.call_id}: the media stream has ended")
+        if pcm:  # whole frames; the tail is padded with silence to a full frame
+            framer = self._framer
+            self._outbound.extend(_Chunk(f) for f in framer.push(pcm))
+            tail = framer.flush()
+            if tail is not None:
+                self._outbound.append(_Chunk(tail))
+        fut: asyncio.Future[bool] | None = None
+        if mark is not None:
+            if mark in self._marks:
+                raise ValueError(f"mark {mark!r} is already pending")
+            fut = asyncio.get_running_loop().create_future()
+            m = _Mark(mark, fut)
+            self._marks[mark] = m
+            self._outbound.append(m)
+        self.playing = True
+        self._wake.set()
+        return fut
+
+    async def clear(self) -> None:
+        """Barge-in: drop queued audio, tell the provider to drop its buffer, and resolve
+        every pending mark as not played."""
+        self.stats.clears += 1
+        self._drop_outbound()
+        if self.ended is None:
+            try:
+                await self.transport.send_clear()
+            except Exception as e:  # the socket may be closing; the session ends elsewhere
+                log.warning("call %s: clear failed: %s", self.call_id, e)
+
+    def _drop_outbound(self) -> None:
+        self._outbound.clear()
+        self._framer.flush()
+        marks, self._marks = self._marks, {}
+        for m in marks.values():
+            if not m.future.done():
+                m.future.set_result(False)
+            self._inbound.put_nowait(MarkReached(m.name, False))
+        self.playing = False
+
+    def _next_frame(self) -> bytes | _Mark | None:
+        """The next frame (or mark) to send, or None when nothing is queued."""
+        if not self._outbound:
+            return None
+        item = self._outbound.popleft()
+        return item if isinstance(item, _Mark) else item.pcm
+
+    async def _pace(self) -> None:
+        step = FRAME_MS / 1000
+        deadline: float | None = None
+        stats = self.stats
+        try:
+            while True:
+                item = self._next_frame()
+                if item is None:
+                    self.playing = False
+                    deadline = None
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                if isinstance(item, _Mark):
+                    await self.transport.send_mark(item.name)
+                    continue
+                now = self._clock()
+                if deadline is None:
+                    deadline = now
+                elif deadline > now:
+                    await asyncio.sleep(deadline - now)
+                else:
+                    lag = now - deadline
+                    stats.max_lag_ms = max(stats.max_lag_ms, lag * 1000)
+                    if lag > step:
+                        stats.late_frames += 1
+                    if lag > self._max_lag:  # a long stall: re-anchor, never burst to catch up
+                        stats.reanchors += 1
+                        deadline = now
+                await self.transport.send_audio(item)
+                stats.frames_sent += 1
+                stats.send_times.append(self._clock())
+                deadline += step
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("call %s: playback stopped: %s", self.call_id, e)
+
+    async def close(self) -> None:
+        self.end("closed")
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pacer
+
+
+SessionHandler = Callable[[CallSession], Coroutine[Any, Any, None]]
+
+
+class SessionRegistry:
+    """The live sessions of this process, by call id; consumers learn of new ones here."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[int, CallSession] = {}
+        self._handlers: list[SessionHandler] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_session(self, handler: SessionHandler) -> SessionHandler:
+        """Run ``handler(session)`` as a task for every session opened from now on."""
+        self._handlers.append(handler)
+        return handler
+
+    def get(self, call_id: int) -> CallSession | None:
+        return self.sessions.get(call_id)
+
+    def open(self, session: CallSession) -> None:
+        old = self.sessions.get(session.call_id)
+        if old is not None and old is not session:
+            old.end("replaced")  # a reconnected stream (restart re-attach) takes over
+        self.sessions[session.call_id] = session
+        for h in self._handlers:
+            t = asyncio.get_running_loop().create_task(h(session))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    def close(self, session: CallSession, reason: str = "stopped") -> None:
+        session.end(reason)
+        if self.sessions.get(session.call_id) is session:
+            del self.sessions[session.call_id]
+
+    async def shutdown(self) -> None:
+        for s in list(self.sessions.values()):
+            await s.close()
+        self.sessions.clear()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
