@@ -11,15 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 class ProviderConfigError(ValueError):
     pass
-
-
-def _mask(v: str) -> str:
-    return "***" if v else ""
 
 
 @dataclass(frozen=True)
@@ -29,7 +25,10 @@ class TwilioConfig:
     api_base_url: str = ""
     """Override of ``https://api.twilio.com`` (tests, or a Twilio-compatible edge)."""
 
-    ENV = {"account_sid": "TWILIO_ACCOUNT_SID", "auth_token": "TWILIO_AUTH_TOKEN"}
+    ENV: ClassVar[dict[str, str]] = {
+        "account_sid": "TWILIO_ACCOUNT_SID",
+        "auth_token": "TWILIO_AUTH_TOKEN",
+    }
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class VonageConfig:
     api_host: str = ""
     """Override of ``api.nexmo.com`` (tests)."""
 
-    ENV = {
+    ENV: ClassVar[dict[str, str]] = {
         "api_key": "VONAGE_API_KEY",
         "api_secret": "VONAGE_API_SECRET",
         "application_id": "VONAGE_APPLICATION_ID",

@@ -129,6 +129,7 @@ class CallSession:
         self._max_lag = max_lag_s
         self._pacer = loop.create_task(self._pace(), name=f"voicehub-pacer-{call_id}")
         self._seq = 0
+        self._generation = 0
         self.frames_in = 0
         self.last_inbound_ms = 0
         self.playing = False
@@ -216,6 +217,7 @@ class CallSession:
                 log.warning("call %s: clear failed: %s", self.call_id, e)
 
     def _drop_outbound(self) -> None:
+        self._generation += 1  # a frame the pacer holds while it waits is dropped too
         self._outbound.clear()
         self._framer.flush()
         marks, self._marks = self._marks, {}
@@ -238,6 +240,7 @@ class CallSession:
         stats = self.stats
         try:
             while True:
+                gen = self._generation
                 item = self._next_frame()
                 if item is None:
                     self.playing = False
@@ -261,6 +264,8 @@ class CallSession:
                     if lag > self._max_lag:  # a long stall: re-anchor, never burst to catch up
                         stats.reanchors += 1
                         deadline = now
+                if gen != self._generation:  # cleared while waiting for the deadline
+                    continue
                 await self.transport.send_audio(item)
                 stats.frames_sent += 1
                 stats.send_times.append(self._clock())

@@ -9,8 +9,10 @@ database.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,33 @@ from core import Database, StoreConfig, StoreError
 from core.module import Module
 from core.runtime import StoreRuntime
 from modules.python_host import ModuleLoadError, load_modules
+from providers.config import (
+    ProviderConfigError,
+    TwilioConfig,
+    VonageConfig,
+    load_twilio,
+    load_vonage,
+)
 from voicehub.auth.service import AuthService
 from voicehub.auth.settings import AuthSettings
 from voicehub.auth.tokens import load_or_create_key
 from voicehub.config import Settings
+from voicehub.provider_host import ProviderHost
 from voicehub.server import Hub, ServerConfig, ServerSystem, create_app
 from voicehub.server.system import SESSIONS
 
 log = logging.getLogger("voicehub.app")
 
-__all__ = ["Node", "Settings", "StartupError", "auth_settings", "open_node", "server_config"]
+__all__ = [
+    "Node",
+    "ProviderPlan",
+    "Settings",
+    "StartupError",
+    "auth_settings",
+    "open_node",
+    "provider_plan",
+    "server_config",
+]
 
 
 class StartupError(Exception):
@@ -38,26 +57,73 @@ class StartupError(Exception):
 
 
 class Node:
-    """One running voicehub: the database, its async runtime, the server's hub and app."""
+    """One running voicehub: the database, its async runtime, the server's hub and app,
+    and the provider adapters mounted under ``/providers/``."""
 
     def __init__(
-        self, db: Database, system: ServerSystem, cfg: ServerConfig, auth: AuthService
+        self,
+        db: Database,
+        system: ServerSystem,
+        cfg: ServerConfig,
+        auth: AuthService,
+        providers: ProviderPlan | None = None,
     ) -> None:
         self.db = db
         self.runtime = StoreRuntime(db)
         self.auth = auth
         self.hub = Hub(db, system, cfg, auth)
         self.app: Any = create_app(self.hub)
+        self.providers: ProviderHost | None = None
+        if providers is not None and (providers.twilio or providers.vonage):
+            self.providers = ProviderHost(
+                self.hub, providers.public_url, providers.twilio, providers.vonage
+            )
+            self.app.router.routes.extend(self.providers.routes())
 
     async def start(self) -> None:
         await self.runtime.start()
         await self.hub.start()
+        if self.providers is not None:
+            await self.providers.start()
 
     async def stop(self) -> None:
         """After the server stopped: stop the shells, flush, write a final snapshot."""
+        if self.providers is not None:
+            await self.providers.stop()
         await self.hub.stop()
         await self.runtime.stop()
         self.db.close(snapshot=True)
+
+
+@dataclass
+class ProviderPlan:
+    """Which providers to mount, with their credentials, and the public base URL."""
+
+    public_url: str
+    twilio: TwilioConfig | None = None
+    vonage: VonageConfig | None = None
+
+
+def provider_plan(settings: Settings, env: Mapping[str, str] | None = None) -> ProviderPlan:
+    """Provider credentials from the environment (the providers' own variable names) or
+    the config file; a partly configured provider, or one without a public URL, is a
+    start-up error."""
+    env = os.environ if env is None else env
+    section = settings.providers or {}
+    try:
+        twilio = load_twilio(env, section.get("twilio") or {})
+        vonage = load_vonage(env, section.get("vonage") or {})
+    except ProviderConfigError as e:
+        raise StartupError(str(e)) from None
+    url = settings.public_url.strip().rstrip("/")
+    if (twilio or vonage) and not url.startswith(("https://", "http://")):
+        names = " and ".join(n for n, c in (("Twilio", twilio), ("Vonage", vonage)) if c)
+        raise StartupError(
+            f"{names} credentials are set, so voicehub needs the public base URL the provider"
+            " reaches it at (what it signs webhooks for): --public-url https://... or"
+            " VOICEHUB_PUBLIC_URL"
+        )
+    return ProviderPlan(url, twilio, vonage)
 
 
 def load_user_modules(specs: list[str]) -> list[Module]:
@@ -120,6 +186,7 @@ def open_node(
     *,
     clock: Callable[[], float] = time.time,
     auth: AuthSettings | None = None,
+    providers: ProviderPlan | None = None,
 ) -> Node:
     """Open the store and build the node; ``clock`` (wall seconds) drives token, lockout
     and link expiry (tests inject one); ``auth`` overrides the settings' auth part."""
@@ -135,6 +202,7 @@ def open_node(
         auth_cfg = auth or auth_settings(settings)
     except ValueError as e:
         raise StartupError(str(e)) from None
+    plan = providers if providers is not None else provider_plan(settings)
     system = ServerSystem()
     try:
         voice = voice_module(settings.data_dir)
@@ -149,4 +217,8 @@ def open_node(
     except (OSError, ValueError) as e:
         db.close()
         raise StartupError(f"cannot load the server key: {e}") from None
-    return Node(db, system, cfg or server_config(settings), service)
+    try:
+        return Node(db, system, cfg or server_config(settings), service, plan)
+    except Exception:
+        db.close()
+        raise

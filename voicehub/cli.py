@@ -83,7 +83,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="serve sessions and REST requests without credentials (default yes)",
     )
-    a.add_argument("--public-url", help="external base URL, for magic links (http://<host>:<port>)")
+    a.add_argument(
+        "--public-url",
+        help="the external base URL clients and providers reach this server at (magic links,"
+        " provider webhooks and media streams; default http://<host>:<port>)",
+    )
     a.add_argument("--rp-id", help="WebAuthn relying party id (the public URL's host)")
     a.add_argument("--rp-name", help="WebAuthn relying party name (voicehub)")
     a.add_argument("--rp-origin", help="WebAuthn origin (the public URL's scheme://host:port)")
@@ -183,6 +187,11 @@ async def _serve(settings: app.Settings) -> int:
         node.db.offset,
         settings.durability,
     )
+    if node.providers is not None:
+        for name, urls in node.providers.console_urls().items():
+            log.info("%s is enabled; paste these into its console:", name)
+            for what, url in urls.items():
+                log.info("  %-28s %s", what, url)
     try:
         await server.serve(sockets=[sock])
     finally:

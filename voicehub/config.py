@@ -45,6 +45,9 @@ class Settings:
     magic_link_ttl_s: float = 900.0
     password_max_failures: int = 5
     password_lockout_s: float = 900.0
+    # provider credentials: the providers' own environment variables (TWILIO_AUTH_TOKEN,
+    # VONAGE_API_KEY, ...) or the config file's [providers.twilio] / [providers.vonage]
+    providers: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 ENV_PREFIX = "VOICEHUB_"
@@ -107,6 +110,13 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("setting 'modules' must be a list of paths or module names")
         return list(value)
+    if name == "providers":
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise ValueError("'providers' is a table of tables: [providers.twilio], ...")
+        unknown = sorted(set(value) - {"twilio", "vonage"})
+        if unknown:
+            raise ValueError(f"unknown provider(s) {unknown}: known are twilio, vonage")
+        return value
     if name == "durability" and value not in ("durable", "interval", "none"):
         raise ValueError(f"durability must be durable, interval or none, not {value!r}")
     return value

@@ -53,9 +53,7 @@ class LocalClient:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closed = False
         hub.mgr.hooks.append(self._on_deltas)
-        self._pump = asyncio.get_running_loop().create_task(
-            self._run(), name=f"voicehub-local-{name}"
-        )
+        self._pump: asyncio.Task[None] | None = None  # started by the first subscription
 
     @property
     def identity(self) -> str:
@@ -72,10 +70,11 @@ class LocalClient:
             self.hub.mgr.unsubscribe(core_sub)
         self._subs.clear()
         self._by_id.clear()
-        self._pump.cancel()
         self._release(self.hub.db.offset)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._pump
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
 
     async def __aenter__(self) -> LocalClient:
         return self
@@ -173,6 +172,10 @@ class LocalClient:
         if on_update is not None:
             sub.on_update(on_update)
         hub = self.hub
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(
+                self._run(), name=f"voicehub-local-{self.name}"
+            )
         try:
             core_sub, rows = hub.mgr.subscribe(sql, params, self.principal.sender)
         except (StoreError, ApiError) as e:
