@@ -4,6 +4,7 @@ in-process client, the command executor, and the provider configuration of the n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import struct
 import time
@@ -149,7 +150,7 @@ async def test_playback_is_paced_without_burst_or_drift() -> None:
     assert tr.sent[-1][1:] == ("mark", "end")  # the mark goes after the last frame
     t0 = audio[0]
     drift = [abs((t - t0) - i * 0.02) for i, t in enumerate(audio)]
-    gaps = [b - a for a, b in zip(audio, audio[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(audio)]
     assert max(drift) < 0.06, f"drifted {max(drift) * 1000:.1f} ms"
     assert min(gaps) > 0.008, f"burst: two frames {min(gaps) * 1000:.1f} ms apart"
     await s.close()
@@ -338,7 +339,7 @@ def test_provider_credentials_from_the_environment() -> None:
     assert "sekrit" not in repr(cfg)
     with pytest.raises(ValueError, match=r"missing TWILIO_AUTH_TOKEN"):
         load_twilio({"TWILIO_ACCOUNT_SID": "AC1"}, {})
-    with pytest.raises(ValueError, match="VONAGE_APPLICATION_ID.*VONAGE_PRIVATE_KEY"):
+    with pytest.raises(ValueError, match=r"VONAGE_APPLICATION_ID.*VONAGE_PRIVATE_KEY"):
         load_vonage({"VONAGE_API_KEY": "k", "VONAGE_API_SECRET": "s"}, {})
     section = {
         "api_key": "k",
