@@ -109,6 +109,8 @@ class Database:
         self._pins: Counter[int] = Counter()
         self._ts_base = 1
         self._ts: list[int] = []
+        self._tt: list[tuple[str, ...] | None] = []
+        """Beside ``_ts``: the tables each retained commit changed (None: unknown)."""
         self._with_history: set[TableStore] = set()
         self._horizon = 0
         self._wal: WalWriter | None = None
@@ -159,6 +161,7 @@ class Database:
                 self._ts_base = state.timestamps[0][0]
                 self._horizon = self._ts_base
                 self._ts = [ts for _, ts in state.timestamps]
+                self._tt = list(state.touched) or [None] * len(self._ts)
             else:
                 self._ts_base = self.offset + 1
             self._with_history = {s for s in self.stores.values() if len(s.history)}
@@ -380,6 +383,7 @@ class Database:
         self.offset = offset
         self.timestamp = tx.timestamp
         self._ts.append(tx.timestamp)
+        self._tt.append(tuple(changes))
         if wal is not None:
             seqs = [
                 (s.name, pos, s.sequences[pos])
@@ -443,6 +447,21 @@ class Database:
         """The oldest offset answerable from memory."""
         return max(self._horizon, self._ts_base - 1)
 
+    def commits_after(self, offset: int) -> list[tuple[int, tuple[str, ...]]] | None:
+        """Every commit after ``offset`` up to the newest, with the tables it changed, from
+        memory (in offset order); None when some of them are no longer known here."""
+        i = offset + 1 - self._ts_base
+        if offset < self.history_floor or i < 0 or offset > self.offset:
+            return None
+        out: list[tuple[int, tuple[str, ...]]] = []
+        tt, base = self._tt, self._ts_base
+        for j in range(i, len(tt)):
+            t = tt[j]
+            if t is None:
+                return None
+            out.append((base + j, t))
+        return out
+
     def _collect(self) -> None:
         h = min(self.offset - self.config.history_commits, self.visible_offset)
         if self._pins:
@@ -460,6 +479,7 @@ class Database:
         drop = h - self._ts_base
         if drop > 1024 and drop * 2 > len(self._ts):
             del self._ts[:drop]
+            del self._tt[:drop]
             self._ts_base += drop
 
     def _pin(self, offset: int) -> None:

@@ -65,6 +65,9 @@ class RecoveredState:
         self.snapshot_offset = 0
         self.snapshot_path: Path | None = None
         self.timestamps: list[tuple[int, int]] = []
+        self.touched: list[tuple[str, ...] | None] = []
+        """Beside ``timestamps``: the tables each of those commits changed (None: unknown,
+        for the snapshot's own point)."""
         self.active_segment: Path | None = None
         self.active_size = 0
         self.segments: list[tuple[int, Path]] = []
@@ -238,8 +241,10 @@ def recover(
     expect = None
     done = False
     times: list[tuple[int, int]] = []
+    touched: list[tuple[str, ...] | None] = []
     if state.offset > 0:
         times.append((state.offset, state.timestamp))
+        touched.append(None)
     for i in range(start, len(segments)):
         first, path = segments[i]
         is_last = i == len(segments) - 1
@@ -298,8 +303,10 @@ def recover(
                 state.replayed += 1
                 if timestamps_kept:
                     times.append((offset, rec.timestamp))
+                    touched.append(tuple(c[0] for c in rec.changes))
                     if len(times) > 2 * timestamps_kept:
                         del times[:timestamps_kept]
+                        del touched[:timestamps_kept]
                 if state.replayed % 4096 == 0 and time.perf_counter() - last_report > 1.0:
                     last_report = time.perf_counter()
                     log.info(
@@ -322,5 +329,6 @@ def recover(
         state.active_size = SEGMENT_HEADER_SIZE
         state.segments = [*segments, (state.offset + 1, state.active_segment)]
     state.timestamps = times[-timestamps_kept:] if timestamps_kept else []
+    state.touched = touched[-timestamps_kept:] if timestamps_kept else []
     state.seconds = time.perf_counter() - t_start
     return state

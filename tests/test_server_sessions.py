@@ -7,8 +7,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import websockets
 from server_support import Client, connect, eventually, http, running
+
+from voicehub.server import sessions
 
 SEG_BY_CALL = "SELECT id, call_id, text FROM segment WHERE call_id = $1"
 
@@ -51,12 +54,19 @@ async def test_resume_gets_exactly_what_it_missed(tmp_path: Path) -> None:
             s2 = await c.hello(s["session_token"], last)
             assert s2["resumed"] is True and s2["subscriptions"] == ["a"]
             assert s2["identity"] == s["identity"] and s2["session_token"] == s["session_token"]
-            catch = await c.expect("tx_update")
-            assert catch["catch_up"] is True and catch["offset"] > last
-            (u,) = catch["updates"]
-            assert sorted(u["inserts"]) == [[2, "a", "two"], [4, "a", "three"]]
-            assert u["deletes"] == []
-            fold(rows, catch, "a")
+            # one tx_update per missed commit that changed the subscription, at its offset
+            offsets = []
+            for want in ([2, "a", "two"], [4, "a", "three"]):
+                catch = await c.expect("tx_update")
+                assert catch["catch_up"] is True and catch["offset"] > last
+                (u,) = catch["updates"]
+                assert u["inserts"] == [want] and u["deletes"] == []
+                offsets.append(catch["offset"])
+                fold(rows, catch, "a")
+            assert offsets[1] == offsets[0] + 2  # the unrelated commit in between is skipped
+            tail = await c.expect("tx_update")  # the end of the catch-up (nothing left)
+            assert tail["catch_up"] is True and tail["updates"] == [] and tail["caught_up"]
+            assert tail["offset"] > offsets[1]
             # and live updates continue on the restored subscription
             await c.call(2, "shout", ["a", "four"])
             fold(rows, await c.expect("tx_update"), "a")
@@ -65,6 +75,35 @@ async def test_resume_gets_exactly_what_it_missed(tmp_path: Path) -> None:
             "POST", srv.http_url + "/v1/sql", {"sql": SEG_BY_CALL, "params": ["a"]}
         )
         assert status == 200
+        assert rows == Counter(tuple(r) for r in res["rows"])
+
+
+async def test_resume_past_the_replay_limit_gets_one_net_delta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sessions, "REPLAY_LIMIT", 1)
+    async with running(tmp_path) as srv:
+        async with connect(srv.ws_url) as c:
+            s = await c.hello()
+            rows: Counter = Counter()
+            fold(rows, await c.subscribe("a", SEG_BY_CALL, ["a"]), "a")
+            await c.call(1, "shout", ["a", "one"])
+            fold(rows, await c.expect("tx_update"), "a")
+            last = (await c.expect("call_result"))["offset"]
+        await rest_call(srv.http_url, "shout", ["a", "two"])
+        await rest_call(srv.http_url, "shout", ["a", "three"])
+        async with connect(srv.ws_url) as c:
+            s2 = await c.hello(s["session_token"], last)
+            assert s2["resumed"] is True
+            catch = await c.expect("tx_update")
+            assert catch["catch_up"] is True and catch["caught_up"] is True
+            (u,) = catch["updates"]
+            assert sorted(u["inserts"]) == [[2, "a", "two"], [3, "a", "three"]]
+            fold(rows, catch, "a")
+            await c.nothing()
+        status, res = await http(
+            "POST", srv.http_url + "/v1/sql", {"sql": SEG_BY_CALL, "params": ["a"]}
+        )
         assert rows == Counter(tuple(r) for r in res["rows"])
 
 

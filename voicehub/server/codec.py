@@ -117,6 +117,8 @@ class TxUpdate(ServerMessage, tag="tx_update"):
     offset: int
     updates: list[Update]
     catch_up: bool = False
+    caught_up: bool = False
+    """True on the last message of a resume catch-up."""
 
 
 class CallResult(ServerMessage, tag="call_result"):

@@ -7,12 +7,16 @@ subscription, written before the client hears ``subscribed`` and deleted before 
 ``kill -9`` alike.
 
 Resume: a client that presents its token and the last offset ``K`` it saw gets, for every
-remembered subscription it had at ``K``, the *net* difference between the result at ``K``
-(an MVCC read, from memory or from snapshots + the log) and the result now, as one
-``tx_update`` flagged ``catch_up`` - no gap and no duplicate, though intermediate states
-are folded. Subscriptions it had not yet seen at ``K`` arrive as fresh ``subscribed``.
-If ``K`` is no longer readable, every subscription arrives fresh and the session says
-``resumed: false``.
+remembered subscription it had at ``K``, the deltas it missed. Within the in-memory
+history (``--history-commits``, rebuilt from the log after a restart) and up to
+``REPLAY_LIMIT`` relevant commits, they are replayed commit by commit: one ``tx_update``
+(flagged ``catch_up``) per missed commit that changed any of its subscriptions, at that
+commit's offset, all subscriptions of the commit together - exactly what it would have
+received. Past that, it gets the *net* difference between the result at ``K`` (an MVCC
+read, from memory or from snapshots + the log) and the result now, as one ``catch_up``
+``tx_update`` (no gap and no duplicate; intermediate states folded). Subscriptions it had
+not yet seen at ``K`` arrive as fresh ``subscribed``. If ``K`` is no longer readable,
+every subscription arrives fresh and the session says ``resumed: false``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from core.database import Database
 from core.errors import HistoryUnavailable, StoreError
 from core.reads import ReadSnapshot
+from core.sql import ir
 from core.sql.executor import execute_plan
 from core.subscriptions import SubscriptionManager
 from voicehub.server.calls import request_key
@@ -180,6 +185,75 @@ async def rows_at(
     except StoreError as e:
         log.warning("catch-up read at offset %d failed: %s", offset, e)
         return None
+
+
+REPLAY_LIMIT = 512
+"""At most this many missed commits are replayed one by one per resume; past it (or past
+the in-memory history) the catch-up is one net delta."""
+
+
+def _tables(node: ir.Node) -> set[str]:
+    out: set[str] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, ir.Scan):
+            out.add(n.table)
+        todo.extend(n.children())
+    return out
+
+
+def commit_deltas(
+    db: Database,
+    mgr: SubscriptionManager,
+    specs: list[SubSpec],
+    offset: int,
+    sender: str | None,
+    limit: int | None = None,
+) -> tuple[list[tuple[int, dict[str, tuple[list[tuple], list[tuple]]]]], dict[str, list[tuple]]]:
+    """The missed commits after ``offset``, one by one: for every commit that changed some
+    spec's result, (offset, {spec key: (inserts, deletes)}), and each spec's result after
+    the last replayed commit. More than ``limit`` relevant commits are not replayed: the
+    results are then those at ``offset``, for the caller's net delta. Raises
+    ``HistoryUnavailable`` when the commits are no longer in memory.
+
+    Synchronous on purpose: it runs where no other commit can slip in, and reads only
+    in-memory MVCC history (each point is a snapshot read of the compiled plan, RLS
+    included, so a commit that changed a policy's table shows up as the rows it hid or
+    revealed). Commits not yet visible (durable) are left to the caller's final net delta.
+    """
+    plans: dict[str, ir.Node] = {}
+    for sp in specs:
+        try:
+            plans[sp.key] = mgr.compile(sp.sql, sp.params, sender).root
+        except StoreError:
+            continue  # reported when the subscription is re-created
+    commits = db.commits_after(offset)
+    if commits is None:
+        raise HistoryUnavailable(f"commits after {offset} are not in memory")
+    visible = db.visible_offset
+    tables = {k: _tables(p) for k, p in plans.items()}
+    wanted = set().union(*tables.values()) if tables else set()
+    todo = [(j, t) for j, t in commits if j <= visible and wanted.intersection(t)]
+    if len(todo) > (REPLAY_LIMIT if limit is None else limit):
+        log.info("resume after %d: %d missed commits, sent as one net delta", offset, len(todo))
+        todo = []
+    with db.snapshot(offset) as snap:
+        prev = {k: execute_plan(p, snap) for k, p in plans.items()}
+    out: list[tuple[int, dict[str, tuple[list[tuple], list[tuple]]]]] = []
+    for j, changed in todo:
+        hit = [k for k in plans if tables[k].intersection(changed)]
+        per: dict[str, tuple[list[tuple], list[tuple]]] = {}
+        with db.snapshot(j) as snap:
+            for k in hit:
+                cur = execute_plan(plans[k], snap)
+                ins, dels = net_delta(cur, prev[k])
+                if ins or dels:
+                    per[k] = (ins, dels)
+                prev[k] = cur
+        if per:
+            out.append((j, per))
+    return out, prev
 
 
 def net_delta(now: list[tuple], then: list[tuple]) -> tuple[list[tuple], list[tuple]]:

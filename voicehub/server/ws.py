@@ -30,10 +30,11 @@ from typing import Any
 
 from msgspec import UNSET
 
-from core.errors import StorageFailed, StoreError
+from core.errors import HistoryUnavailable, StorageFailed, StoreError
 from core.sql.query import run_query_async
 from core.subscriptions import Subscription
 from voicehub.auth.principal import Principal, anonymous
+from voicehub.server import sessions
 from voicehub.server.calls import request_key
 from voicehub.server.codec import (
     AnyClientMessage,
@@ -69,7 +70,7 @@ from voicehub.server.outbox import (
     CloseRequested,
     Outbox,
 )
-from voicehub.server.sessions import SessionRecord, SubSpec, net_delta, rows_at
+from voicehub.server.sessions import SessionRecord, SubSpec, commit_deltas, net_delta, rows_at
 from voicehub.server.system import ANONYMOUS_IDENTITY
 
 log = logging.getLogger("voicehub.server.ws")
@@ -501,6 +502,8 @@ class Connection:
         hub = self.hub
         specs = list(rec.subs.values())
         old: dict[str, list[tuple]] | None = None
+        since_k: list[SubSpec] = []
+        replay = False
         reason = None
         if k is None:
             reason = "no_offset"
@@ -508,12 +511,26 @@ class Connection:
             reason = "invalid_offset"
         else:
             since_k = [s for s in specs if s.since <= k]
-            old = await rows_at(hub.db, hub.mgr, since_k, k, p.sender)
-            if old is None:
-                reason = "history_unavailable"
+            # missed commits still in memory are replayed one by one below (no await
+            # between this check and the replay, so the history cannot be collected)
+            replay = hub.db.commits_after(k) is not None
+            if not replay:
+                old = await rows_at(hub.db, hub.mgr, since_k, k, p.sender)
+                if old is None:
+                    reason = "history_unavailable"
         if self.outbox.closing or hub.db.closed:
             return
         # From here on nothing awaits: no commit can slip between the reads below.
+        missed: list[tuple[int, dict[str, tuple[list[tuple], list[tuple]]]]] = []
+        if replay:
+            assert k is not None
+            try:
+                # a replay must fit the send queue, or the resume would overflow it again
+                fits = max(0, (self.outbox.limit - len(self.outbox)) // 2)
+                limit = min(sessions.REPLAY_LIMIT, fits)
+                missed, old = commit_deltas(hub.db, hub.mgr, since_k, k, p.sender, limit)
+            except HistoryUnavailable:
+                reason = "history_unavailable"
         try:
             p = hub.auth.refresh(p)  # the identity may have been suspended meanwhile
             off = hub.sessions.reopen(rec)
@@ -553,7 +570,13 @@ class Connection:
             else:
                 fresh.append((s, sub, rows))
         if resumed:
-            self._push(off, TxUpdate(off, catch_up, catch_up=True))
+            qids = {key: q for key, (_, q) in self.subs.items()}
+            for j, per in missed:  # one tx_update per missed commit, as it was
+                ups = [Update(qids[key], i, d) for key, (i, d) in per.items() if key in qids]
+                if ups:
+                    self._push(j, TxUpdate(j, ups, catch_up=True))
+            # what is left: commits not yet durable at the replay, or the net delta
+            self._push(off, TxUpdate(off, catch_up, catch_up=True, caught_up=True))
         for s, sub, rows in fresh:
             self._register(s, sub, rows)
         self._lifecycle("client_connected")
