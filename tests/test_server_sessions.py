@@ -104,6 +104,7 @@ async def test_resume_past_the_replay_limit_gets_one_net_delta(
         status, res = await http(
             "POST", srv.http_url + "/v1/sql", {"sql": SEG_BY_CALL, "params": ["a"]}
         )
+        assert status == 200
         assert rows == Counter(tuple(r) for r in res["rows"])
 
 
