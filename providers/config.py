@@ -24,6 +24,8 @@ class TwilioConfig:
     auth_token: str = field(repr=False)
     api_base_url: str = ""
     """Override of ``https://api.twilio.com`` (tests, or a Twilio-compatible edge)."""
+    simulated: bool = False
+    """The simulator (``voicehub simulate-call``): a development token, no Twilio."""
 
     ENV: ClassVar[dict[str, str]] = {
         "account_sid": "TWILIO_ACCOUNT_SID",
@@ -78,7 +80,9 @@ def load_twilio(env: Mapping[str, str], section: Mapping[str, Any]) -> TwilioCon
     if not got:
         return None
     _missing("Twilio", TwilioConfig.ENV, got)
-    return TwilioConfig(api_base_url=str(section.get("api_base_url", "")), **got)
+    return TwilioConfig(
+        got["account_sid"], got["auth_token"], api_base_url=str(section.get("api_base_url", ""))
+    )
 
 
 def load_vonage(env: Mapping[str, str], section: Mapping[str, Any]) -> VonageConfig | None:

@@ -74,6 +74,7 @@ async def running(
     settings = Settings(
         durability=durability if data_dir is not None else "none",
         history_commits=history_commits,
+        simulator=False,
     )
     settings.data_dir = data_dir  # type: ignore[assignment]  # None: memory only
     node = open_node(
@@ -213,6 +214,7 @@ class Spawned:
                 str(APP_FILE),
                 "--log-level",
                 "warning",
+                "--no-simulator",
             ],
             cwd=ROOT,
             env=env,

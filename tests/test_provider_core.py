@@ -4,6 +4,7 @@ in-process client, the command executor, and the provider configuration of the n
 from __future__ import annotations
 
 import asyncio
+import json
 import itertools
 import math
 import struct
@@ -361,9 +362,23 @@ def test_enabled_providers_need_a_public_url() -> None:
         provider_plan(Settings(), env)
     plan = provider_plan(Settings(public_url="https://voice.example.com/"), env)
     assert plan.public_url == "https://voice.example.com" and plan.twilio is not None
-    assert provider_plan(Settings(), {}).twilio is None
+    assert not plan.twilio.simulated
+    assert provider_plan(Settings(simulator=False), {}).twilio is None
     with pytest.raises(StartupError, match="partly configured"):
         provider_plan(Settings(), {"VONAGE_API_KEY": "k"})
+
+
+def test_without_twilio_credentials_the_simulator_is_mounted(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path / "d", port=9999)
+    plan = provider_plan(s, {})
+    assert plan.twilio is not None and plan.twilio.simulated
+    assert plan.public_url == "http://127.0.0.1:9999"
+    f = tmp_path / "d" / "simulator.json"
+    assert f.stat().st_mode & 0o777 == 0o600
+    doc = json.loads(f.read_text())
+    assert doc["auth_token"] == plan.twilio.auth_token and doc["public_url"] == plan.public_url
+    again = provider_plan(s, {})  # the token is kept across starts
+    assert again.twilio is not None and again.twilio.auth_token == plan.twilio.auth_token
 
 
 async def test_refusals_are_audited_and_rate_limited(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ database.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -95,6 +97,34 @@ class Node:
         self.db.close(snapshot=True)
 
 
+SIMULATOR_FILE = "simulator.json"
+
+
+def simulator_config(data_dir: Path | None, public_url: str) -> TwilioConfig:
+    """The Twilio simulator's development credentials: a random auth token kept (0600) in
+    ``<data-dir>/simulator.json`` with the URL to sign for, where ``simulate-call`` finds
+    them (a memory-only node gets a fresh token every start)."""
+    token = secrets.token_hex(16)
+    if data_dir is not None:
+        path = Path(data_dir) / SIMULATOR_FILE
+        try:
+            doc = json.loads(path.read_text())
+            token = str(doc["auth_token"])
+        except (OSError, ValueError, KeyError, TypeError):
+            doc = {}
+        doc = {"auth_token": token, "public_url": public_url, "account_sid": SIMULATOR_SID}
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    return TwilioConfig(SIMULATOR_SID, token, simulated=True)
+
+
+SIMULATOR_SID = "AC" + "5" * 32
+
+
 @dataclass
 class ProviderPlan:
     """Which providers to mount, with their credentials, and the public base URL."""
@@ -116,6 +146,9 @@ def provider_plan(settings: Settings, env: Mapping[str, str] | None = None) -> P
     except ProviderConfigError as e:
         raise StartupError(str(e)) from None
     url = settings.public_url.strip().rstrip("/")
+    if twilio is None and settings.simulator:
+        url = url or f"http://{settings.host}:{settings.port}"
+        twilio = simulator_config(settings.data_dir, url)
     if (twilio or vonage) and not url.startswith(("https://", "http://")):
         names = " and ".join(n for n, c in (("Twilio", twilio), ("Vonage", vonage)) if c)
         raise StartupError(

@@ -84,6 +84,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="serve sessions and REST requests without credentials (default yes)",
     )
     a.add_argument(
+        "--simulator",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="without Twilio credentials, mount the Twilio routes for `voicehub simulate-call`"
+        " (signed with a local development token; default yes)",
+    )
+    a.add_argument(
         "--public-url",
         help="the external base URL clients and providers reach this server at (magic links,"
         " provider webhooks and media streams; default http://<host>:<port>)",

@@ -48,6 +48,8 @@ class Settings:
     # provider credentials: the providers' own environment variables (TWILIO_AUTH_TOKEN,
     # VONAGE_API_KEY, ...) or the config file's [providers.twilio] / [providers.vonage]
     providers: dict[str, Any] = field(default_factory=dict, repr=False)
+    simulator: bool = True
+    """Without Twilio credentials: the Twilio routes in simulator mode (simulate-call)."""
 
 
 ENV_PREFIX = "VOICEHUB_"
@@ -74,7 +76,7 @@ _POSITIVE = frozenset(
         "password_lockout_s",
     }
 )
-_BOOLS = frozenset({"allow_anonymous", "smtp_starttls"})
+_BOOLS = frozenset({"allow_anonymous", "smtp_starttls", "simulator"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 

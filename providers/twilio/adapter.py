@@ -34,6 +34,7 @@ from providers.twilio import webhooks as wh
 from providers.twilio.media import POLICY_VIOLATION, MediaStream
 from providers.twilio.rest import TwilioControl
 from providers.twilio.signing import SIGNATURE_HEADER, SignatureCheck
+from providers.twilio.simulated import SimulatedTwilioControl
 from voicehub.client.errors import ServerError
 
 log = logging.getLogger("voicehub.providers.twilio")
@@ -71,7 +72,9 @@ class TwilioAdapter:
         self.config = config
         self.ctx = ctx
         self.check = SignatureCheck(config.auth_token, ctx.public_url)
-        self.control: Any = control if control is not None else TwilioControl(config)
+        if control is None:
+            control = SimulatedTwilioControl(ctx) if config.simulated else TwilioControl(config)
+        self.control: Any = control
         self.hold_s = hold_s
         """Seconds Twilio holds the call (``<Pause>``) after its stream dropped, e.g. while
         voicehub restarts; the re-attach replaces the TwiML before that runs out."""
