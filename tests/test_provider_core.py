@@ -4,8 +4,8 @@ in-process client, the command executor, and the provider configuration of the n
 from __future__ import annotations
 
 import asyncio
-import json
 import itertools
+import json
 import math
 import struct
 import time
