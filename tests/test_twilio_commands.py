@@ -91,6 +91,41 @@ async def test_transfer_sends_dial_twiml(tmp_path: Path) -> None:
             assert el is not None and el.text == target
 
 
+async def test_the_stop_of_a_transfer_does_not_end_the_call(tmp_path: Path) -> None:
+    """Twilio stops the media stream when voicehub replaces the TwiML (transfer): that stop
+    is the redirect's; a stop voicehub did not cause is the caller hanging up."""
+    async with fake_twilio() as cloud, provider_node(tmp_path, twilio=config(cloud)) as srv:
+        client = srv.adapters["twilio"].ctx.client
+        phone = TwilioPhone(srv.http_url, PUBLIC_URL)
+
+        async def streamed_call() -> tuple[str, int, dict[str, str]]:
+            call_sid = sid("CA")
+            ans = await phone.post("/providers/twilio/voice", voice_params(call_sid))
+            params = stream_of(ans.body)[1]
+            return call_sid, int(params[CALL_ID_PARAM]), params
+
+        def status(call_id: int) -> str:
+            return str(srv.sql("SELECT status FROM calls WHERE id = $1", [call_id])[0]["status"])
+
+        call_sid, call_id, params = await streamed_call()
+        async with media_stream(srv.ws_base, call_sid) as tw:
+            await tw.connected()
+            await tw.start(params)
+            await eventually(lambda: srv.sessions.get(call_id) is not None)
+            res = await client.call("transfer", {"call_id": call_id, "target": "+15551234567"})
+            assert (await finished(srv, res["command_id"]))["status"] == "done"
+            await tw.stop()
+            await eventually(lambda: srv.sessions.get(call_id) is None)
+        assert status(call_id) == "in_progress"
+        other_sid, other_id, other = await streamed_call()
+        async with media_stream(srv.ws_base, other_sid) as tw:
+            await tw.connected()
+            await tw.start(other)
+            await eventually(lambda: srv.sessions.get(other_id) is not None)
+            await tw.stop()
+        await eventually(lambda: status(other_id) == "ended")
+
+
 async def test_twilio_refusal_is_a_failed_command(tmp_path: Path) -> None:
     async with fake_twilio() as cloud, provider_node(tmp_path, twilio=config(cloud)) as srv:
         call_sid, call_id = await live_call(srv)

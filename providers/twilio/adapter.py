@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -54,6 +56,36 @@ IN_PROGRESS_SQL = (
 )
 
 
+REDIRECT_WINDOW_S = 60.0
+"""How long after voicehub redirected a call a stream ``stop`` counts as that redirect's."""
+
+
+class _Redirects:
+    """The REST control, noting each call voicehub redirects (transfer, re-attach) before
+    the request goes out, so the stream ``stop`` it causes does not end the call."""
+
+    def __init__(self, inner: Any, note: Callable[[str], None]) -> None:
+        self.inner = inner
+        self._note = note
+
+    async def hangup(self, provider_call_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self.inner.hangup(provider_call_id)
+        return out
+
+    async def transfer(self, provider_call_id: str, target: str) -> dict[str, Any]:
+        self._note(provider_call_id)
+        out: dict[str, Any] = await self.inner.transfer(provider_call_id, target)
+        return out
+
+    async def redirect(self, provider_call_id: str, document: str) -> dict[str, Any]:
+        self._note(provider_call_id)
+        out: dict[str, Any] = await self.inner.redirect(provider_call_id, document)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def _remote(conn: Request | WebSocket) -> str | None:
     return conn.client.host if conn.client is not None else None
 
@@ -74,7 +106,8 @@ class TwilioAdapter:
         self.check = SignatureCheck(config.auth_token, ctx.public_url)
         if control is None:
             control = SimulatedTwilioControl(ctx) if config.simulated else TwilioControl(config)
-        self.control: Any = control
+        self.control: Any = _Redirects(control, self._redirected)
+        self._redirects: dict[str, float] = {}
         self.hold_s = hold_s
         """Seconds Twilio holds the call (``<Pause>``) after its stream dropped, e.g. while
         voicehub restarts; the re-attach replaces the TwiML before that runs out."""
@@ -82,6 +115,17 @@ class TwilioAdapter:
         self.streams: set[MediaStream] = set()
         self.reattached: dict[int, dict[str, Any]] = {}
         self._reattach: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- redirects
+
+    def _redirected(self, call_sid: str) -> None:
+        self._redirects[call_sid] = time.monotonic()
+
+    def is_redirecting(self, call_sid: str) -> bool:
+        """Whether voicehub replaced this call's TwiML lately (its stream's ``stop`` is
+        then the redirect's, not a hang-up)."""
+        t = self._redirects.get(call_sid)
+        return t is not None and time.monotonic() - t < REDIRECT_WINDOW_S
 
     # ---------------------------------------------------------------- composition root
 
@@ -284,7 +328,7 @@ class TwilioAdapter:
             await ws.close(POLICY_VIOLATION)
             return
         await ws.accept()
-        stream = MediaStream(ws, self.ctx, _remote(ws))
+        stream = MediaStream(ws, self.ctx, _remote(ws), self.is_redirecting)
         self.streams.add(stream)
         try:
             await stream.run()

@@ -8,9 +8,11 @@ After a valid ``start``: ``call_answered`` if the call still rings, a ``CallSess
 the registry, μ-law decoded to canonical frames timestamped from ``media.timestamp``,
 ``dtmf`` to the session and the ``dtmf`` reducer, ``mark`` to ``mark_reached``.
 
-``stop`` (or the socket closing) ends the *session*, never the call: Twilio also stops a
-stream when the call is redirected (a transfer, or the restart re-attach replacing the
-TwiML), so the call's end comes from the status callback (``completed``...) or a hangup.
+``stop`` ends the session, and the call too - unless voicehub itself is redirecting the
+call (a transfer, or the restart re-attach replacing the TwiML: Twilio stops the stream
+then as well), which the adapter tells through ``redirecting(call_sid)``. A socket that
+just drops (no ``stop``: a network failure, or voicehub killed) ends only the session: the
+call's fate then comes from its status callback, or the re-attach.
 
 Invariant: malformed frames (bad JSON, unknown event, bad base64, missing fields) are
 logged and counted, and the stream and the call keep their state.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -70,8 +73,15 @@ class TwilioTransport:
 class MediaStream:
     """Reads one accepted Twilio media WebSocket until it stops or closes."""
 
-    def __init__(self, ws: WebSocket, ctx: ProviderContext, remote: str | None) -> None:
+    def __init__(
+        self,
+        ws: WebSocket,
+        ctx: ProviderContext,
+        remote: str | None,
+        redirecting: Callable[[str], bool] = lambda _sid: False,
+    ) -> None:
         self.ws = ws
+        self.redirecting = redirecting
         self.ctx = ctx
         self.remote = remote
         self.session: CallSession | None = None
@@ -129,10 +139,25 @@ class MediaStream:
         elif isinstance(msg, p.Mark):
             self.session.mark_reached(msg.name)
         elif isinstance(msg, p.Stop):
-            log.info("twilio stream %s stopped (call %s)", msg.stream_sid, self.session.call_id)
-            self.ctx.sessions.close(self.session, "stopped")
+            session = self.session
+            log.info("twilio stream %s stopped (call %s)", msg.stream_sid, session.call_id)
+            self.ctx.sessions.close(session, "stopped")
+            if not self.redirecting(session.provider_call_id):
+                await self._end_call(session)
             return False
         return True
+
+    async def _end_call(self, session: CallSession) -> None:
+        """The caller hung up (a ``stop`` voicehub did not cause): end the call now; the
+        ``completed`` status callback that follows finds it ended."""
+        try:
+            await self.ctx.client.call(
+                "call_ended",
+                {"call_id": session.call_id, "reason": "completed"},
+                request_id=f"twilio:stop:{session.provider_call_id}",
+            )
+        except ServerError as e:  # ended meanwhile (a status callback, a hangup)
+            log.info("call %s: call_ended on stop: %s", session.call_id, e.message)
 
     async def _refuse(self, reason: str, detail: dict[str, Any]) -> bool:
         self.refused = reason
