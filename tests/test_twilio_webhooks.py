@@ -240,3 +240,14 @@ async def test_console_urls(node: tuple[ProviderNode, TwilioPhone]) -> None:
     urls = srv.adapters["twilio"].console_urls()
     assert urls["Voice webhook (POST)"] == PUBLIC_URL + VOICE
     assert urls["Status callback (POST)"] == PUBLIC_URL + STATUS
+
+
+def test_the_cached_stream_answer_equals_a_freshly_built_one() -> None:
+    from providers.twilio import twiml
+
+    for hold, cb in ((0, None), (120, "https://x.example/providers/twilio/stream-status")):
+        got = twiml.connect_stream("wss://x.example/m", 42, "v1.42.9.ab12.cd34", cb, hold)
+        want = twiml._build_stream("wss://x.example/m", "42", "v1.42.9.ab12.cd34", cb, hold)
+        assert got == want
+    with pytest.raises(ValueError, match="stream token"):
+        twiml.connect_stream("wss://x.example/m", 1, 'v1"/><Hangup/>', None, 0)

@@ -25,7 +25,10 @@ log = logging.getLogger("voicehub.server")
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket (port 0 picks a free port); raises OSError if taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says
+    # TCP, and accepted sockets inherit it. Without it a response written in two parts
+    # (headers, body) waits for the client's delayed ACK: ~40 ms per keep-alive request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
