@@ -452,7 +452,34 @@ def recording_finalize(
     return {"recording_id": rec.id, "status": "finalized"}
 
 
+def recording_key_store(
+    ctx: ReducerContext, recording_id: int, key_id: str, master_key_id: str, wrapped_key: bytes
+) -> dict[str, Any]:
+    """The recorder created a recording's file: keep its wrapped data key (idempotent)."""
+    require_system(ctx, "recording_key_store")
+    rec = ctx.db.recordings.get(recording_id)
+    if rec is None:
+        raise ReducerError(f"no such recording: {recording_id}")
+    if not key_id or not master_key_id or not wrapped_key:
+        raise ReducerError("recording_key_store needs key_id, master_key_id and wrapped_key")
+    row = ctx.db.recording_keys.get(key_id)
+    if row is not None:
+        if row.recording_id != rec.id or row.wrapped_key != wrapped_key:
+            raise ReducerError(f"key {key_id} is already stored for another recording")
+        return {"key_id": key_id, "duplicate": True}
+    ctx.db.recording_keys.insert(
+        key_id=key_id,
+        recording_id=rec.id,
+        call_id=rec.call_id,
+        master_key_id=master_key_id,
+        wrapped_key=wrapped_key,
+        created_at=ctx.timestamp,
+    )
+    return {"key_id": key_id, "duplicate": False}
+
+
 REDUCERS = (
+    recording_key_store,
     consent_announce,
     consent_grant,
     consent_decline,

@@ -160,6 +160,23 @@ def declare_tables(mod: Module) -> None:
         at: Timestamp
         utterance_id: int | None = None
 
+    @mod.table(
+        name="recording_keys",
+        primary_key="key_id",
+        indexes=[index("by_recording", "recording_id")],
+        public=False,
+    )
+    class RecordingKeys:
+        """A recording's data key, wrapped by a master key (private: never readable by
+        agents). Deleting the row, with the file's key slot, is crypto-shredding."""
+
+        key_id: str
+        recording_id: int
+        call_id: int
+        master_key_id: str
+        wrapped_key: bytes
+        created_at: Timestamp
+
     @mod.table(name="lawful_bases", primary_key="call_id", policies=call_scoped())
     class LawfulBases:
         call_id: int
