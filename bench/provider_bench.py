@@ -81,6 +81,7 @@ class Server:
             TWILIO_ACCOUNT_SID=ACCOUNT_SID,
             TWILIO_AUTH_TOKEN=AUTH_TOKEN,
             VOICEHUB_PUBLIC_URL=PUBLIC_URL,
+            VOICEHUB_MEDIA="false",  # the webhook path alone, no call worker
         )
         cmd = [
             sys.executable,

@@ -134,6 +134,10 @@ class CallSession:
         self.last_inbound_ms = 0
         self.playing = False
         """True while outbound audio is queued or being sent."""
+        self.on_sent: list[Callable[[bytes, int], None]] = []
+        """Called with each outbound frame as it leaves and its media time (ms): how the
+        recorder gets the agent's channel, timed by playout."""
+        self._origin: float | None = None
 
     # ---------------------------------------------------------------- inbound (adapter)
 
@@ -143,6 +147,8 @@ class CallSession:
         self._seq += 1
         self.frames_in += 1
         self.last_inbound_ms = timestamp_ms
+        if self._origin is None:
+            self._origin = self._clock() - timestamp_ms / 1000
         self._inbound.put_nowait(AudioFrame(pcm, timestamp_ms, self._seq))
 
     def push_dtmf(self, digits: str, timestamp_ms: int | None = None) -> None:
@@ -167,6 +173,13 @@ class CallSession:
         self._drop_outbound()
         self._pacer.cancel()
         self._inbound.put_nowait(StreamEnded(reason))
+
+    def media_now_ms(self) -> int:
+        """Now on the stream's media timeline (ms since the provider's stream started, as
+        inbound timestamps are), estimated from when the first inbound frame arrived."""
+        if self._origin is None:
+            return self.last_inbound_ms
+        return max(0, int((self._clock() - self._origin) * 1000))
 
     @property
     def inbound_backlog(self) -> int:
@@ -268,6 +281,15 @@ class CallSession:
                     continue
                 await self.transport.send_audio(item)
                 stats.frames_sent += 1
+                if self.on_sent:
+                    at = self.media_now_ms()
+                    for cb in self.on_sent:
+                        try:
+                            cb(item, at)
+                        except Exception:
+                            log.exception(
+                                "call %s: an outbound frame listener failed", self.call_id
+                            )
                 stats.send_times.append(self._clock())
                 deadline += step
         except asyncio.CancelledError:

@@ -22,7 +22,7 @@ import server_app
 from core.sql.query import run_query
 from providers.config import TwilioConfig, VonageConfig
 from providers.session import SessionRegistry
-from voicehub.app import Node, ProviderPlan, Settings, open_node
+from voicehub.app import MediaPlan, Node, ProviderPlan, Settings, open_node
 from voicehub.server import ServerConfig, bind, make_server
 
 PUBLIC_URL = "https://voice.example.test"
@@ -77,8 +77,10 @@ async def provider_node(
     vonage: VonageConfig | None = None,
     public_url: str = PUBLIC_URL,
     durability: str = "durable",
+    media: MediaPlan | None = None,
     **cfg: Any,
 ) -> AsyncIterator[ProviderNode]:
+    """``media``: the call worker (default: none, the adapters alone)."""
     settings = Settings(durability=durability if data_dir is not None else "none")
     settings.data_dir = data_dir  # type: ignore[assignment]  # None: memory only
     node = open_node(
@@ -87,6 +89,7 @@ async def provider_node(
         cfg=ServerConfig(**cfg),
         clock=time.time,
         providers=ProviderPlan(public_url, twilio, vonage),
+        media=media or MediaPlan(enabled=False),
     )
     await node.start()
     sock = bind("127.0.0.1", 0)

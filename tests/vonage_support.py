@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from core.sql.query import run_query
 from providers.config import VonageConfig
-from voicehub.app import Node, ProviderPlan, Settings, open_node
+from voicehub.app import MediaPlan, Node, ProviderPlan, Settings, open_node
 from voicehub.server import ServerConfig, bind, make_server
 
 API_KEY = "abcd1234"
@@ -304,7 +304,7 @@ async def vonage_node(data_dir: Path | None, fake: FakeVonage) -> AsyncIterator[
     settings = Settings(durability="durable" if data_dir is not None else "none")
     settings.data_dir = data_dir  # type: ignore[assignment]
     plan = ProviderPlan(f"http://127.0.0.1:{port}", None, vonage_config(fake.port))
-    node = open_node(settings, cfg=ServerConfig(), providers=plan)
+    node = open_node(settings, cfg=ServerConfig(), providers=plan, media=MediaPlan(enabled=False))
     assert node.providers is not None
     refusals: list[tuple[str, dict[str, Any]]] = []
     ctx = node.providers.adapters["vonage"].ctx

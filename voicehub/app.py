@@ -24,6 +24,7 @@ from consent import build_voice_module
 from core import Database, StoreConfig, StoreError
 from core.module import Module
 from core.runtime import StoreRuntime
+from media.speech.registry import SpeechConfig
 from modules.python_host import ModuleLoadError, load_modules
 from providers.config import (
     ProviderConfigError,
@@ -36,6 +37,7 @@ from voicehub.auth.service import AuthService
 from voicehub.auth.settings import AuthSettings
 from voicehub.auth.tokens import load_or_create_key
 from voicehub.config import Settings
+from voicehub.media_host import MediaHost
 from voicehub.provider_host import ProviderHost
 from voicehub.server import Hub, ServerConfig, ServerSystem, create_app
 from voicehub.server.system import SESSIONS
@@ -43,11 +45,13 @@ from voicehub.server.system import SESSIONS
 log = logging.getLogger("voicehub.app")
 
 __all__ = [
+    "MediaPlan",
     "Node",
     "ProviderPlan",
     "Settings",
     "StartupError",
     "auth_settings",
+    "media_plan",
     "open_node",
     "provider_plan",
     "server_config",
@@ -69,6 +73,7 @@ class Node:
         cfg: ServerConfig,
         auth: AuthService,
         providers: ProviderPlan | None = None,
+        media: MediaPlan | None = None,
     ) -> None:
         self.db = db
         self.runtime = StoreRuntime(db)
@@ -81,10 +86,22 @@ class Node:
                 self.hub, providers.public_url, providers.twilio, providers.vonage
             )
             self.app.router.routes.extend(self.providers.routes())
+        self.media: MediaHost | None = None
+        if self.providers is not None and media is not None and media.enabled:
+            self.media = MediaHost(
+                self.hub,
+                self.providers.sessions,
+                db.config.data_dir,
+                speech=media.speech,
+                agent=media.agent,
+                transfer_to=media.transfer_to,
+            )
 
     async def start(self) -> None:
         await self.runtime.start()
         await self.hub.start()
+        if self.media is not None:
+            await self.media.start()
         if self.providers is not None:
             await self.providers.start()
 
@@ -92,9 +109,31 @@ class Node:
         """After the server stopped: stop the shells, flush, write a final snapshot."""
         if self.providers is not None:
             await self.providers.stop()
+        if self.media is not None:
+            await self.media.stop()
         await self.hub.stop()
         await self.runtime.stop()
         self.db.close(snapshot=True)
+
+
+@dataclass
+class MediaPlan:
+    """The call worker on provider sessions: speech engines (None: recording only) and
+    the built-in example agent."""
+
+    enabled: bool = True
+    speech: SpeechConfig | None = None
+    agent: bool = True
+    transfer_to: str = ""
+
+
+def media_plan(settings: Settings) -> MediaPlan:
+    return MediaPlan(
+        enabled=settings.media,
+        speech=SpeechConfig() if settings.speech else None,
+        agent=settings.agent == "builtin",
+        transfer_to=settings.transfer_to,
+    )
 
 
 SIMULATOR_FILE = "simulator.json"
@@ -220,6 +259,7 @@ def open_node(
     clock: Callable[[], float] = time.time,
     auth: AuthSettings | None = None,
     providers: ProviderPlan | None = None,
+    media: MediaPlan | None = None,
 ) -> Node:
     """Open the store and build the node; ``clock`` (wall seconds) drives token, lockout
     and link expiry (tests inject one); ``auth`` overrides the settings' auth part."""
@@ -251,7 +291,14 @@ def open_node(
         db.close()
         raise StartupError(f"cannot load the server key: {e}") from None
     try:
-        return Node(db, system, cfg or server_config(settings), service, plan)
+        return Node(
+            db,
+            system,
+            cfg or server_config(settings),
+            service,
+            plan,
+            media if media is not None else media_plan(settings),
+        )
     except Exception:
         db.close()
         raise

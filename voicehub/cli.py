@@ -91,6 +91,24 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         " (signed with a local development token; default yes)",
     )
     a.add_argument(
+        "--media",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the call worker on provider media streams (default yes)",
+    )
+    a.add_argument(
+        "--speech",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="load the offline speech engines: VAD, STT, TTS (default yes; no: recording only)",
+    )
+    a.add_argument(
+        "--agent",
+        choices=["builtin", "none"],
+        help="who the consent flow hands calls to: the built-in example agent (default) or none",
+    )
+    a.add_argument("--transfer-to", help="where the example agent transfers callers (a number)")
+    a.add_argument(
         "--public-url",
         help="the external base URL clients and providers reach this server at (magic links,"
         " provider webhooks and media streams; default http://<host>:<port>)",

@@ -50,6 +50,15 @@ class Settings:
     providers: dict[str, Any] = field(default_factory=dict, repr=False)
     simulator: bool = True
     """Without Twilio credentials: the Twilio routes in simulator mode (simulate-call)."""
+    # the media side (docs/media.md)
+    media: bool = True
+    """Run the call worker (recording, transcription, speech) on provider media streams."""
+    speech: bool = True
+    """Load the offline speech engines (VAD, STT, TTS); off: recording only."""
+    agent: str = "builtin"
+    """The agent the consent flow hands calls to: builtin (the example agent) or none."""
+    transfer_to: str = ""
+    """Where the example agent transfers a caller who asks for a person."""
 
 
 ENV_PREFIX = "VOICEHUB_"
@@ -76,7 +85,7 @@ _POSITIVE = frozenset(
         "password_lockout_s",
     }
 )
-_BOOLS = frozenset({"allow_anonymous", "smtp_starttls", "simulator"})
+_BOOLS = frozenset({"allow_anonymous", "smtp_starttls", "simulator", "media", "speech"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -119,6 +128,8 @@ def _coerce(name: str, value: Any) -> Any:
         if unknown:
             raise ValueError(f"unknown provider(s) {unknown}: known are twilio, vonage")
         return value
+    if name == "agent" and value not in ("builtin", "none"):
+        raise ValueError(f"agent must be builtin or none, not {value!r}")
     if name == "durability" and value not in ("durable", "interval", "none"):
         raise ValueError(f"durability must be durable, interval or none, not {value!r}")
     return value
