@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,7 @@ class _Call:
         self.last_partial = 0.0
         self.partial_text = ""
         self.subs: list[Any] = []
+        self._prefetched: dict[int, asyncio.Task[list[bytes]]] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.rec_lock = asyncio.Lock()
         self.tag = f"{session.provider}-{session.provider_call_id}"[-48:]
@@ -436,6 +438,40 @@ class _Call:
                 continue
             await self._play(u)
 
+    async def _audio_of(self, u: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The utterance's speech: prefetched while the previous one played, or streamed."""
+        pool = self.w.speech
+        if pool is None or pool.engines.tts is None:
+            return
+        uid = int(u["id"])
+        pre = self._prefetched.pop(uid, None)
+        if pre is not None:
+            try:
+                for chunk in await pre:
+                    yield chunk
+                return
+            except Exception as e:  # synthesize again below
+                log.info("utterance %s: prefetch failed: %s", uid, e)
+        async for chunk in pool.say(str(u["text"])):
+            yield chunk
+
+    def _prefetch_next(self, after: int) -> None:
+        pool = self.w.speech
+        if pool is None or pool.engines.tts is None:
+            return
+        queued = [u for u in self.utterances.values() if u["status"] == "queued"]
+        nxt = min((u for u in queued if int(u["id"]) > after), key=lambda u: int(u["id"]),
+                  default=None)  # fmt: skip
+        if nxt is None or int(nxt["id"]) in self._prefetched:
+            return
+
+        async def synth(text: str) -> list[bytes]:
+            return [c async for c in pool.say(text)]
+
+        task = asyncio.get_running_loop().create_task(synth(str(nxt["text"])))
+        self._prefetched[int(nxt["id"])] = task
+        self.tasks.append(task)  # type: ignore[arg-type]
+
     async def _play(self, u: dict[str, Any]) -> None:
         uid = int(u["id"])
         try:
@@ -452,17 +488,15 @@ class _Call:
         t0 = time.perf_counter()
         played = False
         try:
-            if self.w.speech is not None and self.w.speech.engines.tts is not None:
-                first = True
-                async for chunk in self.w.speech.say(str(u["text"])):
-                    if self.s.ended is not None or self.utterances[uid]["status"] != "playing":
-                        break
-                    self.s.play(chunk)
-                    if first:
-                        first = False
-                        self.w.metrics.say_to_first_frame_ms.append(
-                            (time.perf_counter() - t0) * 1000
-                        )
+            first = True
+            async for chunk in self._audio_of(u):
+                if self.s.ended is not None or self.utterances[uid]["status"] != "playing":
+                    break
+                self.s.play(chunk)
+                if first:
+                    first = False
+                    self.w.metrics.say_to_first_frame_ms.append((time.perf_counter() - t0) * 1000)
+            self._prefetch_next(uid)  # synthesize what comes next while this one plays
             mark = self.s.play(b"", mark=f"u{uid}") if self.s.ended is None else None
             played = bool(await mark) if mark is not None else False
         except RuntimeError as e:  # the stream ended under us

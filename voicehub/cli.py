@@ -156,8 +156,54 @@ def build_parser() -> argparse.ArgumentParser:
         " exit 0 intact, 1 tampered, 2 unreadable",
     )
     ver.add_argument("--data-dir", default="./voicehub-data")
+    sim = sub.add_parser(
+        "simulate-call",
+        help="call a running voicehub over the Twilio media-stream protocol with a synthesized"
+        " caller, and print the live transcript",
+    )
+    sim.add_argument("--data-dir", default="./voicehub-data", help="the server's data directory")
+    sim.add_argument(
+        "--say",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a line the caller says once the agent is quiet (repeatable; default: a consent"
+        " answer and a question)",
+    )
+    sim.add_argument("--wav", type=Path, help="a mono 16-bit WAV the caller plays first")
+    sim.add_argument("--url", help="the server's base URL (default: its public URL)")
+    sim.add_argument("--auth-token", help="a Twilio auth token (default: the simulator's)")
+    sim.add_argument("--public-url", help="the URL the server signs for (with --auth-token)")
     remote.add_parsers(sub)
     return parser
+
+
+DEFAULT_LINES = [
+    "yes, I agree to the recording of this call",
+    "what are your opening hours",
+    "goodbye",
+]
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from voicehub.simulate import simulate
+
+    _setup_logging("info")
+    lines = args.say or ([] if args.wav else DEFAULT_LINES)
+    try:
+        return asyncio.run(
+            simulate(
+                Path(args.data_dir),
+                lines,
+                wav=args.wav,
+                url=args.url,
+                auth_token=args.auth_token,
+                public_url=args.public_url,
+            )
+        )
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"voicehub simulate-call: {e}", file=sys.stderr)
+        return 1
 
 
 def _setup_logging(level: str) -> None:
@@ -262,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(cmd_db_check(args))
     if args.command == "audit" and args.audit_command == "verify":
         raise SystemExit(cmd_audit_verify(args))
+    if args.command == "simulate-call":
+        raise SystemExit(cmd_simulate(args))
     if getattr(args, "remote", None) is not None:
         raise SystemExit(remote.run(args))
     raise SystemExit(2)

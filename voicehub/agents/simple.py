@@ -40,7 +40,7 @@ def reply_to(text: str, can_transfer: bool) -> tuple[str, str | None]:
         if can_transfer:
             return "Connecting you to a person now.", "transfer"
         return "There is no one else available right now, but I am here to help.", None
-    return f"You said: {words}. What else can I do for you?", None
+    return f"You said: {words.rstrip('.!?')}. What else can I do for you?", None
 
 
 class SimpleAgent:
@@ -53,6 +53,7 @@ class SimpleAgent:
         self.name = name
         self.calls: dict[int, Subscription] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._answered: set[tuple[int, str]] = set()
         self.replies = 0
 
     async def start(self) -> None:
@@ -80,8 +81,11 @@ class SimpleAgent:
             [call_id],
             key=["id"],
             as_dict=True,
-            on_insert=lambda row: self._on_segment(call_id, row),
         )
+        # registered after the initial rows: what was said before the hand-off (the
+        # consent answer) is not the agent's to answer; a partial becomes final by update
+        sub.on_insert(lambda row: self._on_segment(call_id, row))
+        sub.on_update(lambda _old, row: self._on_segment(call_id, row))
         self.calls[call_id] = sub
 
     async def _detach(self, call_id: int) -> None:
@@ -93,6 +97,10 @@ class SimpleAgent:
     def _on_segment(self, call_id: int, row: dict[str, Any]) -> None:
         if not row["is_final"] or row["speaker"] not in EXTERNAL:
             return
+        key = (call_id, str(row["segment_key"]))
+        if key in self._answered:
+            return
+        self._answered.add(key)
         self._spawn(self._answer(call_id, str(row["segment_key"]), str(row["text"])))
 
     async def _answer(self, call_id: int, segment: str, text: str) -> None:
