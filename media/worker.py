@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from media.keys import Keyring
-from media.recorder import AsyncRecordingWriter, RecordingWriter, recover
+from media.recorder import AsyncRecordingWriter, RecordingWriter, recover, unfinished
 from media.speech.base import Final, Partial, SegmentEvent
 from media.speech.worker import CallStt, SpeechPool
 from providers.session import AudioFrame, CallSession, StreamEnded
@@ -89,22 +89,71 @@ class CallWorker:
         self.writers: dict[int, AsyncRecordingWriter] = {}
         """Open recordings by recording id (they outlive a stream that re-attaches)."""
         self.calls: dict[int, _Call] = {}
+        self._watched: dict[int, Any] = {}
 
     async def recover(self) -> int:
-        """At start-up: finalize recordings a crash left unfinished and report them."""
+        """At start-up: finalize and report the recordings a crash left unfinished - except
+        those whose row is still live (their call may re-attach and continue them): those
+        are watched and finalized when their row stops."""
         if self.recordings_dir is None or self.keyring is None:
             return 0
         t0 = time.perf_counter()
-        done = await asyncio.to_thread(recover, self.recordings_dir, self.keyring)
+        res = await self.client.query(
+            "SELECT id FROM recordings WHERE status IN ('active', 'paused')"
+        )
+        live = {int(r[0]) for r in res.rows}
+        parts = {rid for _, rid, _ in unfinished(self.recordings_dir)}
+        done = await asyncio.to_thread(recover, self.recordings_dir, self.keyring, exclude=live)
         for fin in done:
             await self._report_final(fin)
-        if done:
+        for rid in sorted(live & parts):
+            await self.watch(rid)
+        if done or live & parts:
             log.info(
-                "recovered %d unfinished recording(s) in %.2f s",
+                "recordings: %d unfinished finalized, %d kept for their live calls, in %.2f s",
                 len(done),
+                len(live & parts),
                 time.perf_counter() - t0,
             )
         return len(done)
+
+    async def watch(self, recording_id: int) -> None:
+        """Finalize a recording nobody is writing when its row stops (its stream ended,
+        or voicehub restarted, while the call went on)."""
+        if recording_id in self._watched:
+            return
+
+        def changed(row: dict[str, Any]) -> None:
+            if row["status"] in ("stopped", "finalized"):
+                asyncio.get_running_loop().create_task(self._orphan_stopped(recording_id))
+
+        sub = await self.client.subscribe(
+            "SELECT id, status FROM recordings WHERE id = $1",
+            [recording_id],
+            key=["id"],
+            as_dict=True,
+            on_insert=changed,
+            on_update=lambda _o, n: changed(n),
+        )
+        self._watched[recording_id] = sub
+
+    async def _orphan_stopped(self, recording_id: int) -> None:
+        sub = self._watched.pop(recording_id, None)
+        if sub is None:
+            return
+        with contextlib.suppress(ServerError):
+            await sub.unsubscribe()
+        w = self.writers.pop(recording_id, None)
+        if w is not None:
+            fin = await w.finalize()
+            await self._report_final(fin)
+            return
+        root, keyring = self.recordings_dir, self.keyring
+        if root is None or keyring is None:
+            return
+        others = {rid for _, rid, _ in unfinished(root)} - {recording_id}
+        for fin in await asyncio.to_thread(recover, root, keyring, exclude=others):
+            await self._report_final(fin)
 
     async def run(self, session: CallSession) -> None:
         """The ``SessionRegistry.on_session`` handler: work the call until its stream ends."""
@@ -222,9 +271,14 @@ class _Call:
             with contextlib.suppress(ServerError):
                 await sub.unsubscribe()
         rec = self.recording
-        if rec is not None and rec["status"] in ("stopped", "finalized"):
-            await self._finalize(int(rec["id"]))
-        # a live recording stays open: the call may re-attach (its stream comes back)
+        if rec is not None:
+            rid = int(rec["id"])
+            if rec["status"] in ("stopped", "finalized"):
+                await self._finalize(rid)
+            elif rid in self.w.writers:
+                # a live recording stays open: the call may re-attach (its stream comes
+                # back); if it ends instead, the watcher finalizes it
+                await self.w.watch(rid)
 
     # ---------------------------------------------------------------- store -> worker
 
@@ -282,6 +336,10 @@ class _Call:
 
     async def _recording_changed(self, row: dict[str, Any]) -> None:
         rid, status = int(row["id"]), str(row["status"])
+        sub = self.w._watched.pop(rid, None)  # this call's stream is back: no orphan
+        if sub is not None:
+            with contextlib.suppress(ServerError):
+                await sub.unsubscribe()
         async with self.rec_lock:
             w = self.w.writers.get(rid)
             now = self.s.media_now_ms()

@@ -138,6 +138,8 @@ class CallSession:
         """Called with each outbound frame as it leaves and its media time (ms): how the
         recorder gets the agent's channel, timed by playout."""
         self._origin: float | None = None
+        self._last_arrival = 0.0
+        self._last_now = 0
 
     # ---------------------------------------------------------------- inbound (adapter)
 
@@ -147,8 +149,9 @@ class CallSession:
         self._seq += 1
         self.frames_in += 1
         self.last_inbound_ms = timestamp_ms
+        self._last_arrival = t = self._clock()
         if self._origin is None:
-            self._origin = self._clock() - timestamp_ms / 1000
+            self._origin = t - timestamp_ms / 1000
         self._inbound.put_nowait(AudioFrame(pcm, timestamp_ms, self._seq))
 
     def push_dtmf(self, digits: str, timestamp_ms: int | None = None) -> None:
@@ -176,10 +179,14 @@ class CallSession:
 
     def media_now_ms(self) -> int:
         """Now on the stream's media timeline (ms since the provider's stream started, as
-        inbound timestamps are), estimated from when the first inbound frame arrived."""
+        inbound timestamps are): the newest inbound frame's timestamp plus the time since
+        it arrived, so outbound audio stays aligned with the caller's audio even when the
+        provider's clock and ours drift apart. Never goes backwards."""
         if self._origin is None:
-            return self.last_inbound_ms
-        return max(0, int((self._clock() - self._origin) * 1000))
+            return self._last_now
+        now = self.last_inbound_ms + int((self._clock() - self._last_arrival) * 1000)
+        self._last_now = now = max(now, self._last_now)
+        return now
 
     @property
     def inbound_backlog(self) -> int:
