@@ -37,6 +37,7 @@ from consent.policy import LAWFUL_BASES, MODES
 from consent.states import CONSENT_KINDS, CONSENT_METHODS, require_member, require_transition
 from core.errors import ReducerError
 from core.transaction import ReducerContext
+from core.types import Identity
 
 PCI = "pci"
 
@@ -478,8 +479,32 @@ def recording_key_store(
     return {"key_id": key_id, "duplicate": False}
 
 
+def recording_access(
+    ctx: ReducerContext, recording_id: int, accessor: Identity, purpose: str
+) -> dict[str, Any]:
+    """Log that ``accessor`` is given a finalized recording's audio (the export path calls
+    this, as the system, before it decrypts anything)."""
+    require_system(ctx, "recording_access")
+    rec = ctx.db.recordings.get(recording_id)
+    if rec is None:
+        raise ReducerError(f"no such recording: {recording_id}")
+    if rec.status != "finalized":
+        raise ReducerError(f"recording {recording_id} is {rec.status}, not finalized")
+    if not purpose.strip():
+        raise ReducerError("a recording access needs a purpose")
+    row = ctx.db.recording_accesses.insert(
+        recording_id=rec.id,
+        call_id=rec.call_id,
+        accessor=accessor,
+        purpose=purpose.strip()[:500],
+        at=ctx.timestamp,
+    )
+    return {"access_id": row.id, "recording_id": rec.id}
+
+
 REDUCERS = (
     recording_key_store,
+    recording_access,
     consent_announce,
     consent_grant,
     consent_decline,

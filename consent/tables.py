@@ -177,6 +177,22 @@ def declare_tables(mod: Module) -> None:
         wrapped_key: bytes
         created_at: Timestamp
 
+    @mod.table(
+        name="recording_accesses",
+        primary_key="id",
+        indexes=[index("by_call", "call_id")],
+        policies=call_scoped(),
+    )
+    class RecordingAccesses:
+        """Who decrypted a recording, when and why (also an entry of the audit chain)."""
+
+        id: int = column(auto_inc=True)  # type: ignore[assignment]
+        recording_id: int
+        call_id: int
+        accessor: Identity
+        purpose: str
+        at: Timestamp
+
     @mod.table(name="lawful_bases", primary_key="call_id", policies=call_scoped())
     class LawfulBases:
         call_id: int

@@ -14,6 +14,9 @@ for both ears: no model or service is fetched at run time.
 from __future__ import annotations
 
 import array
+import asyncio
+import subprocess
+import sys
 import time
 import wave
 from pathlib import Path
@@ -31,6 +34,7 @@ from e2e_support import (
     words,
 )
 from provider_support import ProviderNode
+from vonage_support import request
 
 from media.keys import Keyring
 from media.recorder import export_wav
@@ -129,6 +133,33 @@ async def test_a_spoken_yes_over_twilio(tmp_path: Path) -> None:
         assert "you said" in answer and "opening hours" in answer, answer
         await until(lambda: recordings(srv, call_id)[0]["status"] == "finalized")
         check_recording(srv, call_id, tmp_path)
+        await export_by_cli_and_http(srv, call_id, tmp_path)
+
+
+async def export_by_cli_and_http(srv: ProviderNode, call_id: int, tmp: Path) -> None:
+    """``voicehub recording export`` as the owner writes the WAV and logs the access; an
+    anonymous caller gets nothing (and logs nothing); a purpose is required."""
+    data_dir = srv.node.db.config.data_dir
+    assert data_dir is not None
+    out = tmp / "exported.wav"
+    cmd = [
+        sys.executable, "-c", "from voicehub.cli import main; main()", "recording", "export",
+        "--call", str(call_id), "--purpose", "quality review", "--url", srv.http_url,
+        "--data-dir", str(data_dir), "--out", str(out),
+    ]  # fmt: skip
+    proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with wave.open(str(out), "rb") as w:
+        assert w.getnchannels() == 2 and w.getnframes() > 16000
+    (acc,) = rows(srv, "SELECT * FROM recording_accesses WHERE call_id = $1", call_id)
+    assert acc["purpose"] == "quality review" and len(acc["accessor"]) == 64
+    url = f"{srv.http_url}/v1/calls/{call_id}/recording.wav"
+    anon = await request("GET", url + "?purpose=curiosity")
+    assert anon.status == 404, anon.body
+    owner = (data_dir / "owner.token").read_text().strip()
+    bare = await request("GET", url, headers={"Authorization": f"Bearer {owner}"})
+    assert bare.status == 400 and b"purpose" in bare.body
+    assert len(rows(srv, "SELECT id FROM recording_accesses WHERE call_id = $1", call_id)) == 1
 
 
 async def test_a_spoken_no_means_no_recording(tmp_path: Path) -> None:

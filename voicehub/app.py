@@ -39,6 +39,7 @@ from voicehub.auth.tokens import load_or_create_key
 from voicehub.config import Settings
 from voicehub.media_host import MediaHost
 from voicehub.provider_host import ProviderHost
+from voicehub.recording_export import export_route
 from voicehub.server import Hub, ServerConfig, ServerSystem, create_app
 from voicehub.server.system import SESSIONS
 
@@ -96,6 +97,15 @@ class Node:
                 agent=media.agent,
                 transfer_to=media.transfer_to,
             )
+            if self.media.worker.recordings_dir is not None and self.media.worker.keyring:
+                self.app.router.routes.append(
+                    export_route(
+                        self.hub,
+                        self.media.worker.recordings_dir,
+                        self.media.worker.keyring,
+                        self.media.client.call,
+                    )
+                )
 
     async def start(self) -> None:
         await self.runtime.start()

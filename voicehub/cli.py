@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -174,8 +175,60 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--url", help="the server's base URL (default: its public URL)")
     sim.add_argument("--auth-token", help="a Twilio auth token (default: the simulator's)")
     sim.add_argument("--public-url", help="the URL the server signs for (with --auth-token)")
+    recs = sub.add_parser("recording", help="call recordings").add_subparsers(
+        dest="recording_command", required=True
+    )
+    exp = recs.add_parser(
+        "export",
+        help="decrypt a call's recording to a stereo WAV (left caller, right agent); the"
+        " access is checked by the server and recorded in the audit trail",
+    )
+    exp.add_argument("--call", type=int, required=True, help="the call id")
+    exp.add_argument("--recording", type=int, help="a recording id (default: the call's last)")
+    exp.add_argument("--purpose", required=True, help="why (stored with the access)")
+    exp.add_argument("--out", type=Path, help="the WAV to write (default call-<id>.wav)")
+    exp.add_argument("--url", default="http://127.0.0.1:8765", help="the server")
+    exp.add_argument("--token", help="a bearer token (default: <data-dir>/owner.token)")
+    exp.add_argument("--data-dir", default="./voicehub-data")
     remote.add_parsers(sub)
     return parser
+
+
+def cmd_recording_export(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    token = args.token
+    if token is None:
+        try:
+            token = (Path(args.data_dir) / "owner.token").read_text().strip()
+        except OSError as e:
+            print(f"voicehub: no --token and no owner token: {e}", file=sys.stderr)
+            return 2
+    q = {"purpose": args.purpose}
+    if args.recording is not None:
+        q["recording_id"] = str(args.recording)
+    url = f"{args.url.rstrip('/')}/v1/calls/{args.call}/recording.wav?{urllib.parse.urlencode(q)}"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    out = args.out or Path(f"call-{args.call}.wav")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=120) as resp, open(out, "wb") as f:
+            while chunk := resp.read(1 << 16):
+                f.write(chunk)
+    except urllib.error.HTTPError as e:
+        try:
+            err = json.loads(e.read())["error"]
+            print(f"voicehub: {err['code']}: {err['message']}", file=sys.stderr)
+        except (ValueError, KeyError, TypeError):
+            print(f"voicehub: HTTP {e.code}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"voicehub: cannot export: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({out.stat().st_size} bytes)")
+    return 0
 
 
 DEFAULT_LINES = [
@@ -308,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(cmd_db_check(args))
     if args.command == "audit" and args.audit_command == "verify":
         raise SystemExit(cmd_audit_verify(args))
+    if args.command == "recording" and args.recording_command == "export":
+        raise SystemExit(cmd_recording_export(args))
     if args.command == "simulate-call":
         raise SystemExit(cmd_simulate(args))
     if getattr(args, "remote", None) is not None:
