@@ -46,6 +46,9 @@ from voicehub.client.errors import ServerError
 
 log = logging.getLogger("voicehub.media")
 
+LATE_MS = 100
+"""An inbound frame handled later than this after it arrived counts as late."""
+
 PARTIAL_EVERY_S = 0.3
 """At most one partial transcript commit per call this often (each is a commit + audit)."""
 
@@ -63,11 +66,26 @@ class WorkerMetrics:
     barge_ins: int = 0
     recordings_finalized: int = 0
     errors: int = 0
+    late_frames: int = 0
+    """Inbound frames handled more than ``LATE_MS`` after they arrived (a worker behind)."""
+    max_frame_lag_ms: int = 0
     say_to_first_frame_ms: list[float] = field(default_factory=list)
 
 
 class CallWorker:
     """Runs every live call of one process (one instance, shared by all sessions)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The worker's counters (and the speech pool's), for ``/v1/metrics``."""
+        m = self.metrics
+        out: dict[str, Any] = {k: v for k, v in vars(m).items() if not isinstance(v, list)}
+        lat = sorted(m.say_to_first_frame_ms[-512:])
+        out["say_to_first_frame_p50_ms"] = lat[len(lat) // 2] if lat else None
+        out["live_calls"] = len(self.calls)
+        out["open_recordings"] = len(self.writers)
+        if self.speech is not None:
+            out["speech"] = self.speech.snapshot()
+        return out
 
     def __init__(
         self,
@@ -404,7 +422,13 @@ class _Call:
         return self.w.writers.get(int(rec["id"]))
 
     async def _on_frame(self, f: AudioFrame) -> None:
-        self.w.metrics.frames_in += 1
+        m = self.w.metrics
+        m.frames_in += 1
+        lag = self.s.media_now_ms() - f.timestamp_ms  # how far behind the stream we are
+        if lag > m.max_frame_lag_ms:
+            m.max_frame_lag_ms = lag
+        if lag > LATE_MS:
+            m.late_frames += 1
         w = self._live_writer()
         if w is not None:
             await w.write("caller", f.pcm, f.timestamp_ms)

@@ -38,6 +38,7 @@ from voicehub.auth.settings import AuthSettings
 from voicehub.auth.tokens import load_or_create_key
 from voicehub.config import Settings
 from voicehub.media_host import MediaHost
+from voicehub.metrics_http import metrics_route
 from voicehub.provider_host import ProviderHost
 from voicehub.recording_export import export_route
 from voicehub.server import Hub, ServerConfig, ServerSystem, create_app
@@ -81,6 +82,7 @@ class Node:
         self.auth = auth
         self.hub = Hub(db, system, cfg, auth)
         self.app: Any = create_app(self.hub)
+        self.app.router.routes.append(metrics_route(self.hub, self.metrics))
         self.providers: ProviderHost | None = None
         if providers is not None and (providers.twilio or providers.vonage):
             self.providers = ProviderHost(
@@ -106,6 +108,17 @@ class Node:
                         self.media.client.call,
                     )
                 )
+
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.providers is not None:
+            out["providers"] = {
+                "live_sessions": len(self.providers.sessions.sessions),
+                "refused_requests": self.providers.audit.refused,
+            }
+        if self.media is not None:
+            out["media"] = self.media.worker.snapshot()
+        return out
 
     async def start(self) -> None:
         await self.runtime.start()
@@ -138,9 +151,19 @@ class MediaPlan:
 
 
 def media_plan(settings: Settings) -> MediaPlan:
+    want = set(settings.speech_engines.split(","))
+    speech = None
+    if settings.speech and want:
+        base = SpeechConfig()
+        speech = SpeechConfig(
+            vad=base.vad if "vad" in want or "stt" in want else None,
+            stt_partial=base.stt_partial if "stt" in want else None,
+            stt_final=base.stt_final if "stt" in want else None,
+            tts=base.tts if "tts" in want else None,
+        )
     return MediaPlan(
         enabled=settings.media,
-        speech=SpeechConfig() if settings.speech else None,
+        speech=speech,
         agent=settings.agent == "builtin",
         transfer_to=settings.transfer_to,
     )

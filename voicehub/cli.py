@@ -104,6 +104,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="load the offline speech engines: VAD, STT, TTS (default yes; no: recording only)",
     )
     a.add_argument(
+        "--speech-engines",
+        help="which speech engines to load, comma-separated from vad, stt, tts (default all)",
+    )
+    a.add_argument(
         "--agent",
         choices=["builtin", "none"],
         help="who the consent flow hands calls to: the built-in example agent (default) or none",

@@ -55,6 +55,8 @@ class Settings:
     """Run the call worker (recording, transcription, speech) on provider media streams."""
     speech: bool = True
     """Load the offline speech engines (VAD, STT, TTS); off: recording only."""
+    speech_engines: str = "vad,stt,tts"
+    """Which of them (comma-separated), e.g. ``vad`` for recording + voice activity only."""
     agent: str = "builtin"
     """The agent the consent flow hands calls to: builtin (the example agent) or none."""
     transfer_to: str = ""
@@ -128,6 +130,11 @@ def _coerce(name: str, value: Any) -> Any:
         if unknown:
             raise ValueError(f"unknown provider(s) {unknown}: known are twilio, vonage")
         return value
+    if name == "speech_engines":
+        parts = {p.strip() for p in str(value).split(",") if p.strip()}
+        if not parts <= {"vad", "stt", "tts"}:
+            raise ValueError(f"speech_engines is a list of vad, stt, tts, not {value!r}")
+        return ",".join(sorted(parts))
     if name == "agent" and value not in ("builtin", "none"):
         raise ValueError(f"agent must be builtin or none, not {value!r}")
     if name == "durability" and value not in ("durable", "interval", "none"):

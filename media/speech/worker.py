@@ -247,6 +247,8 @@ class CallStt:
         self.detector = UtteranceDetector(eng.vad, eng.config.segmenter)
         self._speculated = False
         self._final = final
+        # once, not per frame: isinstance against a runtime-checkable Protocol is slow
+        self._speculative = isinstance(final, SpeculativeStt)
         self._partial = partial
         self._final_ops: deque[Any] = deque()
         self._final_wake = asyncio.Event()
@@ -282,7 +284,7 @@ class CallStt:
 
     def _maybe_speculate(self) -> None:
         after = self.pool.limits.speculate_after_ms
-        if after is None or not isinstance(self._final, SpeculativeStt):
+        if after is None or not self._speculative:
             return
         silence = self.detector.segmenter.silence_ms
         if self._speculated and silence == 0:
