@@ -119,7 +119,8 @@ class CallSession:
         self.transport = transport
         self.ended: str | None = None
         self.stats = PlaybackStats()
-        self._inbound: asyncio.Queue[InboundEvent] = asyncio.Queue()
+        self._inbound: deque[InboundEvent] = deque()
+        self._inbound_wake = asyncio.Event()
         self._outbound: deque[_Chunk | _Mark] = deque()
         self._framer = Framer(CANONICAL_FRAME_BYTES)
         self._marks: dict[str, _Mark] = {}
@@ -152,12 +153,12 @@ class CallSession:
         self._last_arrival = t = self._clock()
         if self._origin is None:
             self._origin = t - timestamp_ms / 1000
-        self._inbound.put_nowait(AudioFrame(pcm, timestamp_ms, self._seq))
+        self._put(AudioFrame(pcm, timestamp_ms, self._seq))
 
     def push_dtmf(self, digits: str, timestamp_ms: int | None = None) -> None:
         if self.ended is None and digits:
             ts = self.last_inbound_ms if timestamp_ms is None else timestamp_ms
-            self._inbound.put_nowait(Dtmf(digits, ts))
+            self._put(Dtmf(digits, ts))
 
     def mark_reached(self, name: str) -> None:
         """The provider echoed a mark: playback got there."""
@@ -166,7 +167,7 @@ class CallSession:
             return  # a mark we already resolved (cleared) or never sent
         if not m.future.done():
             m.future.set_result(True)
-        self._inbound.put_nowait(MarkReached(name, True))
+        self._put(MarkReached(name, True))
 
     def end(self, reason: str = "stopped") -> None:
         """The stream is over (provider stop, socket closed, call ended)."""
@@ -175,7 +176,7 @@ class CallSession:
         self.ended = reason
         self._drop_outbound()
         self._pacer.cancel()
-        self._inbound.put_nowait(StreamEnded(reason))
+        self._put(StreamEnded(reason))
 
     def media_now_ms(self) -> int:
         """Now on the stream's media timeline (ms since the provider's stream started, as
@@ -190,15 +191,24 @@ class CallSession:
 
     @property
     def inbound_backlog(self) -> int:
-        return self._inbound.qsize()
+        return len(self._inbound)
+
+    def _put(self, ev: InboundEvent) -> None:
+        self._inbound.append(ev)
+        if not self._inbound_wake.is_set():
+            self._inbound_wake.set()
 
     async def events(self) -> AsyncIterator[InboundEvent]:
         """Every inbound event in arrival order, ending with ``StreamEnded``."""
+        queue, wake = self._inbound, self._inbound_wake
         while True:
-            ev = await self._inbound.get()
-            yield ev
-            if isinstance(ev, StreamEnded):
-                return
+            while queue:
+                ev = queue.popleft()
+                yield ev
+                if isinstance(ev, StreamEnded):
+                    return
+            wake.clear()
+            await wake.wait()
 
     # ---------------------------------------------------------------- outbound (consumer)
 
@@ -244,7 +254,7 @@ class CallSession:
         for m in marks.values():
             if not m.future.done():
                 m.future.set_result(False)
-            self._inbound.put_nowait(MarkReached(m.name, False))
+            self._put(MarkReached(m.name, False))
         self.playing = False
 
     def _next_frame(self) -> bytes | _Mark | None:

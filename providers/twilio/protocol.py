@@ -108,8 +108,47 @@ def _obj(obj: dict[str, Any], key: str) -> dict[str, Any]:
 _decode = msgspec.json.Decoder().decode  # the same result as json.loads, ~3x faster
 
 
+class _MediaBody(msgspec.Struct):
+    payload: str
+    timestamp: str
+    chunk: str = "0"
+    track: str = "inbound"
+
+
+class _MediaMsg(msgspec.Struct):
+    event: str
+    streamSid: str
+    media: _MediaBody
+    sequenceNumber: str = "0"
+
+
+_decode_media = msgspec.json.Decoder(_MediaMsg).decode
+
+
+def _fast_media(text: str | bytes) -> Media | None:
+    """The common case (50 a second per call) decoded straight into typed fields; None
+    for anything else, which takes the general path (and its precise error messages)."""
+    try:
+        m = _decode_media(text)
+        if m.event != "media" or not m.streamSid:
+            return None
+        return Media(
+            stream_sid=m.streamSid,
+            sequence=int(m.sequenceNumber),
+            chunk=int(m.media.chunk),
+            timestamp_ms=int(m.media.timestamp),
+            track=m.media.track,
+            payload=base64.b64decode(m.media.payload, validate=True),
+        )
+    except (msgspec.DecodeError, ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+
+
 def parse(text: str | bytes) -> Message:
     """One WebSocket text frame from Twilio."""
+    fast = _fast_media(text)
+    if fast is not None:
+        return fast
     try:
         msg = _decode(text)
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
