@@ -188,6 +188,9 @@ class Client(MessageApplier):
         self._shut(ClientClosed("the client was closed"))
 
     async def __aenter__(self) -> Client:
+        """``async with Client(url) as c:`` opens the session (if ``start`` was not called)."""
+        if self._runner is None and not self.closed:
+            await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
