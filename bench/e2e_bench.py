@@ -32,14 +32,10 @@ import asyncio
 import dataclasses
 import gc
 import logging
-import os
 import random
-import signal
 import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +43,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    REPO_ROOT,
     Report,
     base_parser,
     environment,
@@ -58,6 +53,7 @@ from bench.common import (
     phase,
     setup_logging,
 )
+from bench.serve_process import ServeProcess
 from voicehub.client import Client
 
 log = logging.getLogger("voicehub.bench")
@@ -96,73 +92,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ServerProcess:
-    """``voicehub serve`` in a subprocess; its CPU time is read from ``/proc``."""
-
-    def __init__(self, data_dir: Path, durability: str) -> None:
-        self.port = _free_port()
-        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        cmd = [
-            sys.executable,
-            "-c",
-            "from voicehub.cli import main; main()",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(self.port),
-            "--durability",
-            durability,
-            "--module",
-            str(MODULE),
-            "--log-level",
-            "warning",
-        ]
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/ws"
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.port}/readyz"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server not ready:\n{self.log_path.read_text()}")
-
-    def cpu_seconds(self) -> float:
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                parts = f.read().rsplit(")", 1)[1].split()
-            return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        out = self.log_path.read_text()
-        if "Traceback" in out:
-            log.warning("server log has tracebacks:\n%s", out[-3000:])
+def e2e_server(data_dir: Path, durability: str) -> ServeProcess:
+    """``voicehub serve`` with the bench's module under ``durability``."""
+    return ServeProcess(data_dir, "--durability", durability, "--module", str(MODULE))
 
 
 # ---------------------------------------------------------------- the load generator
@@ -251,7 +183,7 @@ class Load:
         res.append(t1 - t0)
         lat.append(max(t1, waiter.t) - t0)
 
-    async def run(self, server: ServerProcess, n: int, writers: int) -> Run:
+    async def run(self, server: ServeProcess, n: int, writers: int) -> Run:
         per = n // writers
         lat: list[float] = []
         res: list[float] = []
@@ -280,7 +212,7 @@ def _ms(values: list[float], p: float) -> float:
 
 def bench_policy(rep: Report, tmp: Path | None, policy: str, s: Sizes, encoding: str) -> None:
     with fresh_dir(tmp, f"e2e-{policy}") as d:
-        server = ServerProcess(d / "data", policy)
+        server = e2e_server(d / "data", policy)
         try:
             with phase(f"{policy}: starting voicehub serve"):
                 server.wait_ready()
@@ -325,7 +257,7 @@ def _cpu(rep: Report, sec: str, prefix: str, run: Run) -> None:
     rep.add(sec, f"{prefix}_loadgen_cpu_us_per_action", run.load_cpu_s / run.actions * 1e6, "µs")
 
 
-async def _drive(server: ServerProcess, s: Sizes, policy: str, encoding: str) -> tuple[Run, Run]:
+async def _drive(server: ServeProcess, s: Sizes, policy: str, encoding: str) -> tuple[Run, Run]:
     load = Load(server.ws_url, s, encoding)
     with phase(f"{policy}: {s.agents} agents connect and subscribe, {s.writers} writers connect"):
         await load.setup()

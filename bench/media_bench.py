@@ -22,13 +22,10 @@ import asyncio
 import base64
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    REPO_ROOT,
     Report,
     base_parser,
     environment,
@@ -47,6 +43,7 @@ from bench.common import (
     phase,
     setup_logging,
 )
+from bench.serve_process import ServeProcess
 from providers.codecs import Encoder
 from voicehub.simulate import TwilioCallSim
 
@@ -65,81 +62,36 @@ FULL = Sizes(steps=(50, 100, 150, 200), window_s=20.0, stt_calls=10, utterances=
 QUICK = Sizes(steps=(50, 100), window_s=8.0, stt_calls=4, utterances=2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Server(ServeProcess):
+    """``voicehub serve`` (simulator on) with the owner's view of it: metrics, SQL, callers."""
 
-
-class Server:
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.port = _free_port()
-        self.data_dir = data_dir
-        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        cmd = [
-            sys.executable, "-c", "from voicehub.cli import main; main()", "serve",
-            "--data-dir", str(data_dir), "--port", str(self.port), "--log-level", "warning",
-            *extra,
-        ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
-                    if r.status == 200 and (self.data_dir / "simulator.json").exists():
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready:\n{self.log_path.read_text()}")
+    def wait_ready(self, timeout: float = 120.0, also: Callable[[], bool] | None = None) -> None:
+        super().wait_ready(timeout, lambda: (self.data_dir / "simulator.json").exists())
 
     @property
     def owner(self) -> str:
         return (self.data_dir / "owner.token").read_text().strip()
 
-    def metrics(self) -> dict[str, Any]:
+    def _get(self, path: str, body: Any = None) -> Any:
         req = urllib.request.Request(
-            self.url + "/v1/metrics", headers={"Authorization": f"Bearer {self.owner}"}
-        )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            out: dict[str, Any] = json.loads(r.read())
-            return out
-
-    def sql(self, query: str) -> list[list[Any]]:
-        req = urllib.request.Request(
-            self.url + "/v1/sql",
-            data=json.dumps({"sql": query}).encode(),
+            self.url + path,
+            data=None if body is None else json.dumps(body).encode(),
             headers={"Authorization": f"Bearer {self.owner}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=10) as r:
-            rows: list[list[Any]] = json.loads(r.read())["rows"]
-            return rows
+            return json.loads(r.read())
+
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._get("/v1/metrics")
+        return out
+
+    def sql(self, query: str) -> list[list[Any]]:
+        rows: list[list[Any]] = self._get("/v1/sql", {"sql": query})["rows"]
+        return rows
 
     def sim(self) -> TwilioCallSim:
         doc = json.loads((self.data_dir / "simulator.json").read_text())
         return TwilioCallSim(self.url, doc["public_url"], doc["auth_token"])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        out = self.log_path.read_text()
-        if "Traceback" in out:
-            log.warning("server log has tracebacks:\n%s", out[-3000:])
 
 
 # ---------------------------------------------------------------- 1. capacity

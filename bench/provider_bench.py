@@ -17,11 +17,7 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -32,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    REPO_ROOT,
     Report,
     base_parser,
     environment,
@@ -43,6 +38,7 @@ from bench.common import (
     phase,
     setup_logging,
 )
+from bench.serve_process import ServeProcess
 
 log = logging.getLogger("bench.provider")
 
@@ -64,78 +60,15 @@ FULL = Sizes(seq=2000, conc=10_000, connections=16, warmup=300)
 QUICK = Sizes(seq=500, conc=2500, connections=16, warmup=100)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, data_dir: Path) -> None:
-        self.port = _free_port()
-        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        env = dict(
-            os.environ,
-            PYTHONPATH=str(REPO_ROOT),
-            TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-            TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-            VOICEHUB_PUBLIC_URL=PUBLIC_URL,
-            VOICEHUB_MEDIA="false",  # the webhook path alone, no call worker
-        )
-        cmd = [
-            sys.executable,
-            "-c",
-            "from voicehub.cli import main; main()",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(self.port),
-            "--durability",
-            "durable",
-            "--log-level",
-            "warning",
-        ]
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.port}/readyz"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server not ready:\n{self.log_path.read_text()}")
-
-    def cpu_seconds(self) -> float:
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                parts = f.read().rsplit(")", 1)[1].split()
-            return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        out = self.log_path.read_text()
-        if "Traceback" in out:
-            log.warning("server log has tracebacks:\n%s", out[-3000:])
+def start_server(data_dir: Path) -> ServeProcess:
+    """``voicehub serve``, durable, with Twilio credentials as in production."""
+    env = {
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "VOICEHUB_PUBLIC_URL": PUBLIC_URL,
+        "VOICEHUB_MEDIA": "false",  # the webhook path alone, no call worker
+    }
+    return ServeProcess(data_dir, "--durability", "durable", env=env)
 
 
 def signed_request(port: int) -> bytes:
@@ -189,7 +122,7 @@ class Run:
         return self.n / self.seconds
 
 
-async def drive(server: Server, n: int, connections: int) -> Run:
+async def drive(server: ServeProcess, n: int, connections: int) -> Run:
     """``n`` webhooks over ``connections`` keep-alive connections, one in flight each."""
     requests = [signed_request(server.port) for _ in range(n)]
     latencies: list[float] = []
@@ -219,7 +152,7 @@ def _ms(xs: list[float], p: float) -> float:
 
 def bench(rep: Report, tmp: Path | None, s: Sizes) -> None:
     with fresh_dir(tmp, "provider") as d:
-        server = Server(d / "data")
+        server = start_server(d / "data")
         try:
             with phase("starting voicehub serve with Twilio credentials"):
                 server.wait_ready()
