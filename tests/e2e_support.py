@@ -23,7 +23,7 @@ from vonage_support import CALLER, VIRTUAL_NUMBER, fake_vonage, request, sign, v
 from media.speech.registry import Engines, SpeechConfig, build_engines
 from providers.config import TwilioConfig
 from voicehub.app import MediaPlan
-from voicehub.simulate import TwilioCallSim
+from voicehub.simulate import PacedCaller, TwilioCallSim
 
 FRAME = 640
 
@@ -79,7 +79,7 @@ def twilio_caller(srv: ProviderNode) -> TwilioCallSim:
     return TwilioCallSim(srv.http_url, PUBLIC_URL, AUTH_TOKEN, ACCOUNT_SID)
 
 
-class VonageCallSim:
+class VonageCallSim(PacedCaller):
     """Vonage's part of a call: the signed answer webhook, then the media WebSocket."""
 
     def __init__(self, http_url: str, uuid: str) -> None:
@@ -130,32 +130,9 @@ class VonageCallSim:
                         await self._ws.send(json.dumps(ev))
         self.closed = True
 
-    async def say(self, pcm: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        for n, i in enumerate(range(0, len(pcm), FRAME), start=1):
-            if self.closed:
-                return
-            with contextlib.suppress(websockets.ConnectionClosed):
-                await self._ws.send(pcm[i : i + FRAME].ljust(FRAME, b"\x00"))
-            delay = t0 + n * 0.02 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-
-    async def silence(self, ms: int) -> None:
-        await self.say(b"\x00" * (FRAME * max(1, ms // 20)))
-
-    async def wait_agent_quiet(
-        self, quiet_s: float = 2.0, timeout: float = 60.0, since: float = 0.0
-    ) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.last_received > since and time.monotonic() - self.last_received >= quiet_s:
-                return True
-            if self.closed:
-                return False
-            await self.silence(100)
-        return False
+    async def _send_frame(self, frame: bytes) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._ws.send(frame)  # binary L16 16 kHz: canonical already
 
     async def hangup(self) -> None:
         if self._ws is not None:

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import server_app
+from server_support import serve_node
 
 from core.sql.query import run_query
 from providers.config import TwilioConfig, VonageConfig
 from providers.session import SessionRegistry
 from voicehub.app import MediaPlan, Node, ProviderPlan, Settings, open_node
-from voicehub.server import ServerConfig, bind, make_server
+from voicehub.server import ServerConfig
 
 PUBLIC_URL = "https://voice.example.test"
 
@@ -91,17 +92,9 @@ async def provider_node(
         providers=ProviderPlan(public_url, twilio, vonage),
         media=media or MediaPlan(enabled=False),
     )
-    await node.start()
-    sock = bind("127.0.0.1", 0)
-    server = make_server(node.app, node.hub, "warning")
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.005)
-    srv = ProviderNode(node, sock.getsockname()[1], server, task)
-    try:
-        yield srv
-    finally:
-        await srv.shutdown()
-        sock.close()
+    async with serve_node(node) as (port, server, task):
+        srv = ProviderNode(node, port, server, task)
+        try:
+            yield srv
+        finally:
+            await srv.shutdown()

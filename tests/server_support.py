@@ -84,19 +84,29 @@ async def running(
         clock=clock or time.time,
         auth=AuthSettings(data_dir=data_dir, **auth) if auth is not None else None,
     )
+    async with serve_node(node) as (port, server, task):
+        srv = Running(node, port, server, task)
+        try:
+            yield srv
+        finally:
+            await srv.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def serve_node(node: Node) -> AsyncIterator[tuple[int, Any, asyncio.Task[None]]]:
+    """Start ``node`` and serve it under uvicorn on a free loopback port: (port, server,
+    serving task). The caller stops it (``should_exit``, then ``node.stop()``)."""
     await node.start()
     sock = bind("127.0.0.1", 0)
     server = make_server(node.app, node.hub, "warning")
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.005)
-    srv = Running(node, sock.getsockname()[1], server, task)
     try:
-        yield srv
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        yield sock.getsockname()[1], server, task
     finally:
-        await srv.shutdown()
         sock.close()
 
 

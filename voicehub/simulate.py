@@ -39,7 +39,50 @@ VOICE_PATH = "/providers/twilio/voice"
 FRAME = 640  # canonical bytes per 20 ms
 
 
-class TwilioCallSim:
+class PacedCaller:
+    """A simulated caller's audio side, whatever the provider: canonical PCM sent as 20 ms
+    frames paced in real time (``_send_frame`` puts one on the provider's wire), and what
+    voicehub played back (``received``, ``last_received``)."""
+
+    received: bytearray
+    last_received: float
+    closed: bool
+
+    async def _send_frame(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    async def say(self, pcm: bytes) -> None:
+        """Send canonical PCM as 20 ms frames, paced in real time."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for n, i in enumerate(range(0, len(pcm), FRAME), start=1):
+            if self.closed:
+                return
+            await self._send_frame(pcm[i : i + FRAME].ljust(FRAME, b"\x00"))
+            delay = t0 + n * 0.02 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def silence(self, ms: int) -> None:
+        await self.say(b"\x00" * (FRAME * max(1, ms // 20)))
+
+    async def wait_agent_quiet(
+        self, quiet_s: float = 2.0, timeout: float = 60.0, since: float = 0.0
+    ) -> bool:
+        """Keep the line open (silence) until the agent spoke (after ``since``, a
+        ``time.monotonic()``) and then stayed quiet for ``quiet_s``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            heard = self.last_received > since
+            if heard and time.monotonic() - self.last_received >= quiet_s:
+                return True
+            if self.closed:
+                return False  # voicehub hung up
+            await self.silence(100)
+        return False
+
+
+class TwilioCallSim(PacedCaller):
     """One simulated Twilio call into ``http_url`` (a server whose public URL is
     ``public_url`` and whose Twilio auth token is ``auth_token``)."""
 
@@ -206,35 +249,22 @@ class TwilioCallSim:
 
     # ---------------------------------------------------------------- audio
 
-    async def say(self, pcm: bytes) -> None:
-        """Send canonical PCM as μ-law 20 ms frames, paced in real time."""
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        for n, i in enumerate(range(0, len(pcm), FRAME), start=1):
-            if self.closed:
-                return
-            frame = pcm[i : i + FRAME].ljust(FRAME, b"\x00")
-            for payload in self._enc.encode(frame):
-                self._chunk += 1
-                await self._send(
-                    {
-                        "event": "media",
-                        "sequenceNumber": self._next(),
-                        "streamSid": self.stream_sid,
-                        "media": {
-                            "track": "inbound",
-                            "chunk": str(self._chunk),
-                            "timestamp": str((self._chunk - 1) * 20),
-                            "payload": base64.b64encode(payload).decode(),
-                        },
-                    }
-                )
-            delay = t0 + n * 0.02 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-
-    async def silence(self, ms: int) -> None:
-        await self.say(b"\x00" * (FRAME * max(1, ms // 20)))
+    async def _send_frame(self, frame: bytes) -> None:
+        for payload in self._enc.encode(frame):  # μ-law 8 kHz, Twilio's media message
+            self._chunk += 1
+            await self._send(
+                {
+                    "event": "media",
+                    "sequenceNumber": self._next(),
+                    "streamSid": self.stream_sid,
+                    "media": {
+                        "track": "inbound",
+                        "chunk": str(self._chunk),
+                        "timestamp": str((self._chunk - 1) * 20),
+                        "payload": base64.b64encode(payload).decode(),
+                    },
+                }
+            )
 
     async def press(self, digit: str) -> None:
         await self._send(
@@ -245,21 +275,6 @@ class TwilioCallSim:
                 "dtmf": {"track": "inbound_track", "digit": digit},
             }
         )
-
-    async def wait_agent_quiet(
-        self, quiet_s: float = 2.0, timeout: float = 60.0, since: float = 0.0
-    ) -> bool:
-        """Keep the line open (silence) until the agent spoke (after ``since``, a
-        ``time.monotonic()``) and then stayed quiet for ``quiet_s``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            heard = self.last_received > since
-            if heard and time.monotonic() - self.last_received >= quiet_s:
-                return True
-            if self.closed:
-                return False  # voicehub hung up
-            await self.silence(100)
-        return False
 
     async def hangup(self) -> None:
         if self._ws is None:
