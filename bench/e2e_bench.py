@@ -54,7 +54,9 @@ from bench.common import (
     setup_logging,
 )
 from bench.serve_process import ServeProcess
+from bench.ws_floor import fsync_floor, network_floor
 from voicehub.client import Client
+from voicehub.server.loop import uvloop_available
 
 log = logging.getLogger("voicehub.bench")
 
@@ -94,7 +96,11 @@ def _free_port() -> int:
 
 def e2e_server(data_dir: Path, durability: str) -> ServeProcess:
     """``voicehub serve`` with the bench's module under ``durability``."""
-    return ServeProcess(data_dir, "--durability", durability, "--module", str(MODULE))
+    # no speech engines: they are not on this workload's path, and their model loads
+    # (seconds of CPU right after readiness) would overlap the measurement
+    return ServeProcess(
+        data_dir, "--durability", durability, "--module", str(MODULE), "--no-speech"
+    )
 
 
 # ---------------------------------------------------------------- the load generator
@@ -210,13 +216,24 @@ def _ms(values: list[float], p: float) -> float:
     return percentile(values, p) * 1e3
 
 
-def bench_policy(rep: Report, tmp: Path | None, policy: str, s: Sizes, encoding: str) -> None:
+def run_loop(coro: Any, client_loop: str) -> Any:
+    """The load generator's event loop: uvloop (as an SDK user may choose) or asyncio."""
+    if client_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def bench_policy(
+    rep: Report, tmp: Path | None, policy: str, s: Sizes, encoding: str, client_loop: str
+) -> None:
     with fresh_dir(tmp, f"e2e-{policy}") as d:
         server = e2e_server(d / "data", policy)
         try:
             with phase(f"{policy}: starting voicehub serve"):
                 server.wait_ready()
-            runs = asyncio.run(_drive(server, s, policy, encoding))
+            runs = run_loop(_drive(server, s, policy, encoding), client_loop)
         finally:
             server.stop()
     seq, conc = runs
@@ -310,8 +327,9 @@ def _progress(policy: str, what: str, r: int, n: int, run: Run) -> None:
 # ---------------------------------------------------------------- the floor: the store alone
 
 
-def bench_floor(rep: Report, tmp: Path | None, s: Sizes) -> None:
-    """The same commit in-process (``await db.call``), durable: the disk's share of p50."""
+def bench_floor(rep: Report, tmp: Path | None, s: Sizes, client_loop: str) -> None:
+    """What a durable sequential action cannot beat here: the same commit in-process
+    (``await db.call``), and the network and fsync floors of ``bench/ws_floor.py``."""
     from bench._e2e_module import e2e
     from core import Database, StoreConfig
 
@@ -342,6 +360,33 @@ def bench_floor(rep: Report, tmp: Path | None, s: Sizes) -> None:
         note="await db.call('act') -> durable ack, one caller: WAL write + fdatasync",
     )
     rep.add(sec, "store_durable_commit_p99_ms", _ms(lat, 99), "ms")
+    with phase("floor: pwrite + fdatasync on the data directory's filesystem"):
+        fs = fsync_floor(tmp, s.floor_commits)
+    with phase("floor: the same traffic over a bare WebSocket server (no database)"):
+        net = network_floor(s.agents, s.warmup, s.seq_actions, client_loop)
+    rep.add(
+        sec,
+        "fsync_floor_p50_ms",
+        _ms(fs, 50),
+        "ms",
+        note="one 300-byte pwrite + fdatasync, preallocated file, nothing else in flight",
+    )
+    rep.add(
+        sec,
+        "network_floor_p50_ms",
+        _ms(net, 50),
+        "ms",
+        note="bench/ws_floor.py: same uvicorn protocol and loop, an app that only forwards;"
+        " call frame -> reply + 3 agent frames",
+    )
+    rep.add(sec, "network_floor_p99_ms", _ms(net, 99), "ms")
+    rep.add(
+        sec,
+        "durable_seq_floor_p50_ms",
+        _ms(fs, 50) + _ms(net, 50),
+        "ms",
+        note="network floor + fsync floor: no durable sequential action is faster here",
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -353,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agents", type=int, default=None, help="subscribed agents (100)")
     p.add_argument("--only", choices=["durable", "interval"])
     p.add_argument("--encoding", choices=["json", "msgpack"], default="json")
+    p.add_argument(
+        "--client-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop" if uvloop_available() else "asyncio",
+        help="the load generator's event loop (default uvloop where installed)",
+    )
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     base = QUICK if args.quick else FULL
@@ -374,10 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": s.warmup,
         "repeats": s.repeats,
         "encoding": args.encoding,
+        "client_loop": args.client_loop,
     }
     rep.meta["server"] = (
         "voicehub serve --durability {durable,interval} --module bench/_e2e_module.py,"
-        " other settings at their defaults (interval 10 ms)"
+        " --no-speech, other settings at their defaults (interval 10 ms, event loop auto)"
     )
     if s.repeats > 1:
         rep.note(f"each figure comes from the median-rate run of {s.repeats}")
@@ -391,10 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     rep.note("server: voicehub serve subprocess; load generator: this process (one event loop)")
     t0 = time.perf_counter()
     if args.only in (None, "durable"):
-        bench_floor(rep, tmp, s)
+        bench_floor(rep, tmp, s, args.client_loop)
     for policy in ("durable", "interval"):
         if args.only in (None, policy):
-            bench_policy(rep, tmp, policy, s, args.encoding)
+            bench_policy(rep, tmp, policy, s, args.encoding, args.client_loop)
     rep.meta["load_average_after"] = load_average()
     rep.meta["bench_seconds"] = round(time.perf_counter() - t0, 1)
     return finish(rep, args.check)

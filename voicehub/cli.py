@@ -40,6 +40,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--interval-ms", type=int, help="fsync period under 'interval' (default 10)")
     p.add_argument(
+        "--event-loop",
+        choices=["auto", "uvloop", "asyncio"],
+        help="the event loop: uvloop (auto picks it where installed) or the stdlib asyncio",
+    )
+    p.add_argument(
         "--history-commits", type=int, help="commits of AS OF history kept in memory (10000)"
     )
     p.add_argument(
@@ -278,7 +283,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"voicehub: {e}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
-    return asyncio.run(_serve(settings))
+    from voicehub.server.loop import run_server_loop
+
+    try:
+        return run_server_loop(_serve(settings), settings.event_loop)
+    except RuntimeError as e:  # uvloop asked for but not installed
+        print(f"voicehub: {e}", file=sys.stderr)
+        return 2
 
 
 async def _serve(settings: app.Settings) -> int:

@@ -24,6 +24,8 @@ class Settings:
     snapshot_every: int = 100_000
     modules: list[str] = field(default_factory=list)
     log_level: str = "info"
+    event_loop: str = "auto"
+    """auto (uvloop where installed), uvloop or asyncio (voicehub.server.loop)."""
     idempotency_window_s: float = 300.0
     session_ttl_s: float = 86_400.0
     send_queue_limit: int = 4096
@@ -137,6 +139,8 @@ def _coerce(name: str, value: Any) -> Any:
         return ",".join(sorted(parts))
     if name == "agent" and value not in ("builtin", "none"):
         raise ValueError(f"agent must be builtin or none, not {value!r}")
+    if name == "event_loop" and value not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"event_loop must be auto, uvloop or asyncio, not {value!r}")
     if name == "durability" and value not in ("durable", "interval", "none"):
         raise ValueError(f"durability must be durable, interval or none, not {value!r}")
     return value
