@@ -17,8 +17,6 @@ import logging
 import os
 import threading
 import time
-from bisect import bisect_right
-from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -38,9 +36,10 @@ from core.errors import (
     StoreClosed,
     StoreError,
 )
+from core.history import CommitHistory, read_from_disk
 from core.module import Module, ReducerFn, bind_arguments
 from core.reads import ReadSnapshot
-from core.recovery import RecoveredState, recover, retained_from
+from core.recovery import RecoveredState, recover
 from core.rls import SecuredViews, validate_policies
 from core.scheduler import SCHEDULE_TABLE, Scheduler
 from core.schema import ColumnDef, ReducerDef, TableDef, to_builtins
@@ -106,13 +105,7 @@ class Database:
         self.timestamp = 0
         self._tx: Transaction | None = None
         self._listeners: list[Listener] = []
-        self._pins: Counter[int] = Counter()
-        self._ts_base = 1
-        self._ts: list[int] = []
-        self._tt: list[tuple[str, ...] | None] = []
-        """Beside ``_ts``: the tables each retained commit changed (None: unknown)."""
-        self._with_history: set[TableStore] = set()
-        self._horizon = 0
+        self.history = CommitHistory()
         self._wal: WalWriter | None = None
         self._lock_fd: int | None = None
         self._closed = False
@@ -157,14 +150,7 @@ class Database:
             self.offset = state.offset
             self.timestamp = state.timestamp
             self.last_snapshot_offset = state.snapshot_offset
-            if state.timestamps:
-                self._ts_base = state.timestamps[0][0]
-                self._horizon = self._ts_base
-                self._ts = [ts for _, ts in state.timestamps]
-                self._tt = list(state.touched) or [None] * len(self._ts)
-            else:
-                self._ts_base = self.offset + 1
-            self._with_history = {s for s in self.stores.values() if len(s.history)}
+            self.history.restore(state.timestamps, state.touched, self.offset, self.stores.values())
             self.gate = DurabilityGate(self.offset)
             assert state.active_segment is not None
             self._wal = WalWriter(
@@ -376,14 +362,13 @@ class Database:
             if ins or dels:
                 changes[store.name] = TableChange(ins, dels)
                 if dels:
-                    self._with_history.add(store)
+                    self.history.versioned.add(store)
                 if wal is not None:
                     pk_of = store.pk_of
                     logged.append((store.name, ins, [pk_of(r) for r in dels]))
         self.offset = offset
         self.timestamp = tx.timestamp
-        self._ts.append(tx.timestamp)
-        self._tt.append(tuple(changes))
+        self.history.record(tx.timestamp, tuple(changes))
         if wal is not None:
             seqs = [
                 (s.name, pos, s.sequences[pos])
@@ -445,57 +430,20 @@ class Database:
     @property
     def history_floor(self) -> int:
         """The oldest offset answerable from memory."""
-        return max(self._horizon, self._ts_base - 1)
+        return self.history.floor
 
     def commits_after(self, offset: int) -> list[tuple[int, tuple[str, ...]]] | None:
         """Every commit after ``offset`` up to the newest, with the tables it changed, from
         memory (in offset order); None when some of them are no longer known here."""
-        i = offset + 1 - self._ts_base
-        if offset < self.history_floor or i < 0 or offset > self.offset:
-            return None
-        out: list[tuple[int, tuple[str, ...]]] = []
-        tt, base = self._tt, self._ts_base
-        for j in range(i, len(tt)):
-            t = tt[j]
-            if t is None:
-                return None
-            out.append((base + j, t))
-        return out
+        return self.history.commits_after(offset, self.offset)
 
     def _collect(self) -> None:
-        h = min(self.offset - self.config.history_commits, self.visible_offset)
-        if self._pins:
-            h = min(h, min(self._pins))
-        if h <= self._horizon:
-            return
-        self._horizon = h
-        done = []
-        for store in self._with_history:
-            store.gc(h)
-            if not len(store.history):
-                done.append(store)
-        for store in done:
-            self._with_history.discard(store)
-        drop = h - self._ts_base
-        if drop > 1024 and drop * 2 > len(self._ts):
-            del self._ts[:drop]
-            del self._tt[:drop]
-            self._ts_base += drop
-
-    def _pin(self, offset: int) -> None:
-        self._pins[offset] += 1
-
-    def _unpin(self, offset: int) -> None:
-        n = self._pins[offset] - 1
-        if n <= 0:
-            del self._pins[offset]
-        else:
-            self._pins[offset] = n
+        self.history.collect(min(self.offset - self.config.history_commits, self.visible_offset))
 
     def timestamp_of(self, offset: int) -> int:
-        i = offset - self._ts_base
-        if 0 <= i < len(self._ts):
-            return self._ts[i]
+        ts = self.history.timestamp_of(offset)
+        if ts is not None:
+            return ts
         if offset == self.offset:
             return self.timestamp
         raise HistoryUnavailable(f"offset {offset} is outside the in-memory history")
@@ -513,17 +461,12 @@ class Database:
                 " use as_of() to read it from snapshots and the log"
             )
         ts = self.timestamp_of(at) if at > 0 else 0
-        self._pin(at)
-        return ReadSnapshot(self.stores, at, ts, self._unpin)
+        self.history.pin(at)
+        return ReadSnapshot(self.stores, at, ts, self.history.unpin)
 
     def offset_at_time(self, timestamp: int) -> int | None:
         """The last in-memory offset committed at or before ``timestamp``, if answerable."""
-        ts = self._ts
-        i = bisect_right(ts, timestamp)
-        off = self._ts_base + i - 1
-        if i == 0:
-            return None if self._ts_base > 1 else 0
-        return min(off, self.visible_offset)
+        return self.history.offset_at_time(timestamp, self.visible_offset)
 
     def as_of(self, offset: int | None = None, timestamp: int | None = None) -> ReadSnapshot:
         """Read the state at an offset or a timestamp: from memory, else snapshots + log."""
@@ -552,31 +495,9 @@ class Database:
         return offset is not None and offset < self.history_floor
 
     def _as_of_disk(self, offset: int | None, timestamp: int | None) -> ReadSnapshot:
-        cfg = self.config
-        if cfg.data_dir is None or self._wal is None:
+        if self._wal is None:
             raise HistoryUnavailable("this store keeps no log: only in-memory history")
-        oldest_off, oldest_ts = retained_from(cfg.data_dir)
-        if (offset is not None and offset < oldest_off) or (
-            timestamp is not None and timestamp < oldest_ts
-        ):
-            point = f"offset {offset}" if offset is not None else f"timestamp {timestamp}"
-            raise HistoryUnavailable(
-                f"{point} is no longer retained: the oldest snapshot is at offset {oldest_off}"
-                " and the log before it was pruned"
-            )
-        t0 = time.perf_counter()
-        state = recover(
-            cfg.data_dir, repair=False, keep_history=False, stop_offset=offset, stop_ts=timestamp
-        )
-        want = offset if offset is not None else None
-        if want is not None and state.offset != want:
-            raise HistoryUnavailable(
-                f"offset {want} is no longer retained (oldest snapshot/log: {state.offset})"
-            )
-        if state.offset == 0 and (want or 0) > 0:
-            raise HistoryUnavailable(f"offset {want} is no longer retained")
-        log.info("AS OF %s read from disk in %.2f s", offset or timestamp, time.perf_counter() - t0)
-        return ReadSnapshot(state.stores, state.offset, state.timestamp, None)
+        return read_from_disk(self.config, offset, timestamp)
 
     # ---------------------------------------------------------------- snapshots
 

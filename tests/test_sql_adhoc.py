@@ -1315,7 +1315,7 @@ def test_execute_plan_directly() -> None:
 def test_snapshot_is_always_closed(shop: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     run_query(shop, "SELECT * FROM item")
     run_query(shop, f"SELECT * FROM item FOR SYSTEM_TIME AS OF {shop.offset - 1}")
-    assert not shop._pins
+    assert not shop.history.pins
 
     def boom(root: ir.Node, snap: Any) -> list[tuple]:
         raise RuntimeError("boom")
@@ -1325,7 +1325,7 @@ def test_snapshot_is_always_closed(shop: Database, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(query_module, "execute_plan", boom)
     with pytest.raises(RuntimeError):
         run_query(shop, "SELECT * FROM item")
-    assert not shop._pins
+    assert not shop.history.pins
 
 
 def test_result_description(shop: Database) -> None:
@@ -1655,7 +1655,7 @@ def test_as_of_offset_and_timestamp() -> None:
         run_query(db, f"SELECT * FROM acct FOR SYSTEM_TIME AS OF {db.offset + 5}")
     with pytest.raises(SqlError, match="invalid timestamp literal"):
         run_query(db, "SELECT * FROM acct FOR SYSTEM_TIME AS OF TIMESTAMP 'yesterday'")
-    assert not db._pins
+    assert not db.history.pins
     db.close()
 
 
