@@ -26,6 +26,8 @@ def open_db(data_dir: Path | None = None, **module_kw: Any) -> Database:
 
 def state(db: Database) -> dict[str, list[tuple]]:
     """Every row of every non-system table (audit tables included), in a stable order."""
+    if db.visible_offset < db.offset:  # the newest commit (an audit row) may be in flight
+        db.gate.wait(db.offset, timeout=10)
     with db.snapshot(db.offset) as snap:
         return {
             name: sorted(snap.table(name).rows(), key=repr)
