@@ -265,3 +265,27 @@ def test_a_piper_worker_that_cannot_load_is_unavailable(tmp_path: Path) -> None:
 
     with pytest.raises(EngineUnavailable, match="failed to load"):
         PiperTts(model=tmp_path / "missing.onnx")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_whisper_decodes_do_not_leave_threads_spinning() -> None:
+    # numpy's OpenBLAS keeps idle threads spinning ~0.1 s after each matmul (the mel
+    # filterbank): the engine limits it to one thread, so a decode costs only its own CPU
+    import time
+
+    from media.speech.stt import limit_blas_threads
+
+    eng = shared_engines().stt_final
+    assert eng is not None and limit_blas_threads(1)
+    pcm = phone_line(piper_clip(YES))
+    stream = eng.open()
+    stream.start_utterance(0)
+    for f in frames(pcm):
+        stream.feed(f)
+    t0, c0 = time.perf_counter(), time.process_time()
+    final = stream.end_utterance()
+    time.sleep(0.15)  # spinning threads would burn CPU here
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    stream.close()
+    assert normalize_text(final.text) == normalize_text(YES)
+    assert cpu < wall - 0.1, (cpu, wall)  # the sleep cost no CPU

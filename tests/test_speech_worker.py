@@ -16,6 +16,7 @@ import pytest
 from speech_support import (
     DEFAULTS,
     YES,
+    FakeStream,
     FakeStt,
     FakeTts,
     frames,
@@ -27,7 +28,7 @@ from speech_support import (
     tone,
 )
 
-from media.speech import Engines, Partial, SegmenterConfig, SegmentEvent, SpeechConfig
+from media.speech import Engines, Final, Partial, SegmenterConfig, SegmentEvent, SpeechConfig
 from media.speech.base import FRAME_BYTES
 from media.speech.stt import normalize_text
 from media.speech.vad import EnergyVad
@@ -188,4 +189,126 @@ async def test_real_engines_through_the_pool() -> None:
     assert snap["speculations"] >= 1 and snap["finals"] == 1
     audio = await pool.synthesize(YES)
     assert audio == piper_clip(YES)  # the pool's TTS path gives the engine's bytes
+    await pool.close()
+
+
+class _Timed(FakeStt):
+    """A FakeStt that records when each stream decodes (end_utterance) and feeds."""
+
+    def __init__(self, name: str, **kw: float) -> None:
+        super().__init__(name, **kw)  # type: ignore[arg-type]
+        self.decodes: list[tuple[float, float]] = []
+        self.feeds: list[float] = []
+
+    def open(self) -> FakeStream:
+        s = FakeStream(self)
+        end, feed = s.end_utterance, s.feed
+
+        def timed_end() -> Final:
+            t0 = time.perf_counter()
+            try:
+                return end()
+            finally:
+                self.decodes.append((t0, time.perf_counter()))
+
+        def timed_feed(frame: bytes) -> Partial | None:
+            self.feeds.append(time.perf_counter())
+            return feed(frame)
+
+        s.end_utterance = timed_end  # type: ignore[method-assign]
+        s.feed = timed_feed  # type: ignore[method-assign]
+        return s
+
+
+async def test_partials_wait_while_a_final_decodes() -> None:
+    partial, final = _Timed("p", feed_s=0.001), _Timed("f", final_s=0.2)
+    pool = SpeechPool(fake_engines(partial, final), PoolLimits(max_partial_backlog_ms=60_000))
+    a, b = await pool.open_call(), await pool.open_call()
+    for f in utterances(1):  # a's utterance ends: its final decodes for 200 ms ...
+        a.push(f)
+    for _ in range(30):  # ... while b talks in real time
+        b.push(LOUD)
+        await asyncio.sleep(0.02)
+    for f in [QUIET] * 20:
+        b.push(f)
+    fa, fb = await a.next_final(timeout=5), await b.next_final(timeout=5)
+    await a.close()
+    await b.close()
+    assert fa.text.endswith("(50 frames)")
+    (d0, d1), *_ = final.decodes
+    # one batch (<= max_partial_batch_ms of audio) may still be running when it starts
+    during = [t for t in partial.feeds if d0 + 0.05 < t < d1]
+    assert not during, f"{len(during)} partial frames decoded during a final"
+    assert any(t > d1 for t in partial.feeds)  # held, then caught up: nothing dropped
+    assert pool.metrics["partial_holds"] >= 1 and pool.metrics["partial_frames_dropped"] == 0
+    assert fb.text.startswith("utterance")
+    await pool.close()
+
+
+class _SpecStream(FakeStream):
+    """A speculative, buffering stream: ``speculate`` takes 100 ms; the thread of each
+    feed and end is recorded."""
+
+    cheap_feed = True
+
+    def __init__(self, owner: FakeStt) -> None:
+        super().__init__(owner)
+        self.spec: str | None = None
+        self.threads: dict[str, set[int]] = {"feed": set(), "end": set(), "spec": set()}
+        self.speculations = 0
+
+    def feed(self, frame: bytes) -> Partial | None:
+        self.threads["feed"].add(threading.get_ident())
+        super().feed(frame)
+        return None
+
+    def speculate(self) -> None:
+        self.threads["spec"].add(threading.get_ident())
+        self.speculations += 1
+        time.sleep(0.1)
+        self.spec = f"speculated ({self.frames} frames)"
+
+    def drop_speculation(self) -> None:
+        self.spec = None
+
+    @property
+    def speculation_ready(self) -> bool:
+        return self.spec is not None
+
+    def end_utterance(self) -> Final:
+        self.threads["end"].add(threading.get_ident())
+        if self.spec is None:
+            return super().end_utterance()
+        text, self.spec = self.spec, None
+        assert self.start is not None
+        start, self.start = self.start, None
+        return Final(text, start, start + 20 * self.frames, "f")
+
+
+async def test_speculation_result_is_used_on_the_loop_and_redone_when_speech_resumes() -> None:
+    streams: list[_SpecStream] = []
+
+    class Spec(FakeStt):
+        def open(self) -> _SpecStream:  # type: ignore[override]
+            streams.append(_SpecStream(self))
+            return streams[-1]
+
+    pool = SpeechPool(fake_engines(None, Spec("f")), PoolLimits(speculate_after_ms=60))
+    call = await pool.open_call()
+    loop_thread = threading.get_ident()
+    # speech, a 100 ms pause (speculation starts, then is dropped), speech, silence
+    clip = [QUIET] * 10 + [LOUD] * 20 + [QUIET] * 5 + [LOUD] * 20 + [QUIET] * 40
+    for f in clip:
+        call.push(f)
+        await asyncio.sleep(0.005)
+    final = await call.next_final(timeout=5)
+    await call.close()
+    (s,) = streams
+    # the dropped speculation did not answer: the second one covers the whole utterance
+    # (10 pre-roll + 20 + 5 + 20 speech + 3 of silence); the final spans all 70 frames
+    assert final.text == "speculated (58 frames)", final
+    assert (final.start_ms, final.end_ms) == (0, 1400)
+    assert s.speculations == 2 and pool.metrics["speculations_dropped"] == 1
+    assert s.threads["feed"] == {loop_thread} and s.threads["end"] == {loop_thread}
+    assert loop_thread not in s.threads["spec"]
     await pool.close()

@@ -140,7 +140,13 @@ class StreamingStt(Protocol):
 class SpeculativeStt(Protocol):
     """A stream that can start its final early (``WhisperStream``): ``speculate()``
     transcribes the audio so far; ``end_utterance`` reuses that result unless
-    ``drop_speculation()`` was called since (speech resumed)."""
+    ``drop_speculation()`` was called since (speech resumed).
+
+    Optional attributes the pool looks up with ``getattr`` (any ``StreamingStt`` may have
+    them): ``speculation_ready`` (True when ``end_utterance`` would only return the
+    speculation's result: the pool then calls it on the event loop instead of queueing it
+    behind other decodes) and ``cheap_feed`` (``feed`` only buffers: called on the loop,
+    no thread hop per batch of frames)."""
 
     def speculate(self) -> None: ...
 

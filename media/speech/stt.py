@@ -201,6 +201,45 @@ def bundled_whisper_dir() -> Path:
     return path
 
 
+_BLAS_SETTERS = (
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "openblas_set_num_threads",
+)
+
+
+def limit_blas_threads(n: int) -> bool:
+    """Limit the OpenBLAS that numpy loaded in this process to ``n`` threads (process-wide;
+    what ``threadpoolctl`` does, without the dependency). True if a library was found.
+
+    OpenBLAS keeps its idle worker threads spinning for ~0.1 s after each call; a whisper
+    decode's one small matmul thus cost ~100 ms of a second core, taken from the callers
+    and the other decode on a 2-core machine. Linux only (reads ``/proc/self/maps``)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and "/" in ln}
+    except OSError:
+        return False
+    done = False
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in _BLAS_SETTERS:
+            setter = getattr(lib, sym, None)
+            if setter is not None:
+                setter(n)
+                done = True
+                break
+    if not done:
+        log.debug("no OpenBLAS loaded: BLAS threads not limited")
+    return done
+
+
 class WhisperEngine:
     """faster-whisper (CTranslate2) on CPU; finals only - a stream buffers its utterance
     and transcribes it at ``end_utterance``. Greedy, temperature 0: deterministic.
@@ -210,7 +249,14 @@ class WhisperEngine:
     than linearly, so a short utterance is ~3-4x quicker, and on the test phrases the text
     equals the 30 s pass (windows under ~8 s make tiny.en loop, repeating the sentence). A
     decode that runs out of its token budget (the loop's sign) is redone with the full
-    30 s window. ``window="full"`` always uses faster-whisper's own ``transcribe``."""
+    30 s window. ``window="full"`` always uses faster-whisper's own ``transcribe``.
+
+    Threads: ``num_workers`` (2) decodes run in parallel, each on ``cpu_threads`` (1)
+    CTranslate2 threads - a greedy decode of tiny.en is mostly small matrix-vector steps
+    that scale badly over threads, so on 2 cores two single-threaded decodes finish sooner
+    (and burn half the CPU) than two decodes sharing two threads each. ``blas_threads``
+    (1) limits numpy's OpenBLAS (the mel filterbank matmul of the feature extractor): its
+    idle worker threads otherwise spin ~100 ms of a core after every call."""
 
     name = "whisper"
 
@@ -219,7 +265,9 @@ class WhisperEngine:
         model_dir: str | Path | None = None,
         *,
         compute_type: str = "int8",
-        cpu_threads: int = 2,
+        cpu_threads: int = 1,
+        num_workers: int = 2,
+        blas_threads: int | None = 1,
         beam_size: int = 1,
         language: str = "en",
         min_utterance_ms: int = 120,
@@ -239,6 +287,8 @@ class WhisperEngine:
         tokenizer_mod = optional_import("faster_whisper.tokenizer", "faster-whisper is broken")
         self._ct2: Any = optional_import("ctranslate2", "STT 'whisper' needs ctranslate2")
         self._np: Any = optional_import("numpy", "STT 'whisper' needs numpy")
+        if blas_threads is not None:
+            limit_blas_threads(blas_threads)
         self.beam_size = beam_size
         self.language = language
         self.min_utterance_ms = min_utterance_ms
@@ -251,6 +301,7 @@ class WhisperEngine:
             device="cpu",
             compute_type=compute_type,
             cpu_threads=cpu_threads,
+            num_workers=num_workers,
             local_files_only=True,
         )
         m = self._model
@@ -334,6 +385,8 @@ class WhisperStream:
     """One caller's whisper utterance buffer (``StreamingStt``; ``feed`` never partials)."""
 
     engine = "whisper"
+    cheap_feed = True
+    """``feed`` only appends to a buffer: the pool calls it on the event loop."""
 
     def __init__(self, owner: WhisperEngine) -> None:
         self._owner = owner
@@ -355,6 +408,11 @@ class WhisperStream:
 
     def drop_speculation(self) -> None:
         self._spec = None
+
+    @property
+    def speculation_ready(self) -> bool:
+        """``end_utterance`` will return the speculation's result without decoding."""
+        return self._spec is not None
 
     def feed(self, frame: bytes) -> Partial | None:
         self._clock.fed_bytes += len(frame)

@@ -12,7 +12,8 @@ Per call (``pool.open_call()``) two lanes keep each stream's work in order:
   (backpressure, counted) instead of discarding anything;
 - the partial lane feeds the partial engine in batches; it is shed first: while finals are
   waiting for a thread, or a call's partial backlog exceeds ``max_partial_backlog_ms``, its
-  frames are dropped (counted in ``metrics`` and logged), so partials degrade, finals don't.
+  frames are dropped (counted in ``metrics`` and logged), so partials degrade, finals don't;
+  and while any final-engine decode runs, no new partial work starts (finals first).
 Invariant: every utterance that starts gets exactly one Final (or the engine's exception)
 delivered, in utterance order, on ``CallStt.next_final()``.
 """
@@ -28,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from media.speech.base import (
     FRAME_MS,
@@ -42,6 +43,9 @@ from media.speech.registry import Engines
 from media.speech.vad import UtteranceDetector
 
 log = logging.getLogger("voicehub.speech")
+
+
+_T = TypeVar("_T")
 
 
 class SpeechOverloaded(RuntimeError):
@@ -58,6 +62,9 @@ class PoolLimits:
     """Audio a call's partial lane may have waiting; older frames are dropped past it."""
     max_tts_waiting: int = 16
     """``say`` requests waiting for the TTS engine before new ones are refused."""
+    max_partial_batch_ms: int = 200
+    """At most this much audio per partial-thread job (then the lane re-checks whether
+    finals are decoding)."""
     speculate_after_ms: int | None = 100
     """Start the final (engines with ``speculate()``: whisper) after this much silence,
     before the segmenter's hangover confirms the end; dropped if speech resumes. Skipped
@@ -83,6 +90,10 @@ class SpeechPool:
         self._final_slots = asyncio.Semaphore(lim.max_pending_finals)
         self._tts_lock = asyncio.Lock()
         self.pending_finals = 0
+        self.decoding = 0
+        """Final-engine decodes (speculations and finals) submitted and not finished:
+        while any runs, partial work waits (``CallStt._pump_partials``)."""
+        self._held_partials: dict[CallStt, None] = {}
         self.tts_waiting = 0
         self.metrics: dict[str, int] = dict.fromkeys(
             (
@@ -92,6 +103,7 @@ class SpeechPool:
                 "partials",
                 "partial_frames_dropped",
                 "partial_shed_events",
+                "partial_holds",
                 "finals",
                 "final_errors",
                 "finals_waited",
@@ -137,6 +149,20 @@ class SpeechPool:
     def finals_starved(self) -> bool:
         """Finals are waiting for a thread: partial work must yield."""
         return self.pending_finals > self.limits.final_threads
+
+    async def _decode(self, fn: Callable[[], _T]) -> _T:
+        """Run a final-engine decode on a final thread; partial work is held meanwhile
+        (finals first: pocketsphinx holds the GIL and would share the cores with it)."""
+        self.decoding += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._final_exec, fn)
+        finally:
+            self.decoding -= 1
+            if not self.decoding and self._held_partials:
+                held = list(self._held_partials)
+                self._held_partials.clear()
+                for call in held:
+                    call._pump_partials()
 
     # -- STT
 
@@ -249,6 +275,7 @@ class CallStt:
         self._final = final
         # once, not per frame: isinstance against a runtime-checkable Protocol is slow
         self._speculative = isinstance(final, SpeculativeStt)
+        self._cheap_feed = bool(getattr(final, "cheap_feed", False))
         self._partial = partial
         self._final_ops: deque[Any] = deque()
         self._final_wake = asyncio.Event()
@@ -328,20 +355,22 @@ class CallStt:
                 frames = list(op[1])
                 while ops and ops[0] is not _END and ops[0][0] == "frames":
                     frames.extend(ops.popleft()[1])
-                await loop.run_in_executor(self.pool._final_exec, _feed_all, stream, frames)
+                if self._cheap_feed:  # a buffer append: no thread hop behind other decodes
+                    _feed_all(stream, frames)
+                else:
+                    await loop.run_in_executor(self.pool._final_exec, _feed_all, stream, frames)
             elif kind == "start":
                 stream.start_utterance(op[1])
             elif kind == "end":
                 await self._run_final(stream, *op[1])
             elif kind == "speculate" and isinstance(stream, SpeculativeStt):
-                await loop.run_in_executor(self.pool._final_exec, stream.speculate)
+                await self.pool._decode(stream.speculate)
             elif kind == "unspeculate" and isinstance(stream, SpeculativeStt):
                 stream.drop_speculation()
                 self.pool.metrics["speculations_dropped"] += 1
 
     async def _run_final(self, stream: StreamingStt, t_end: float, hangover_ms: int) -> None:
         pool = self.pool
-        loop = asyncio.get_running_loop()
         if pool._final_slots.locked():
             pool.metrics["finals_waited"] += 1
             log.warning(
@@ -350,9 +379,12 @@ class CallStt:
         async with pool._final_slots:
             pool.pending_finals += 1
             try:
-                result: Final | BaseException = await loop.run_in_executor(
-                    pool._final_exec, stream.end_utterance
-                )
+                result: Final | BaseException
+                if getattr(stream, "speculation_ready", False):
+                    # the speculation's text: nothing left to decode, no thread to wait for
+                    result = stream.end_utterance()
+                else:
+                    result = await pool._decode(stream.end_utterance)
                 pool.metrics["finals"] += 1
                 after_event = (time.perf_counter() - t_end) * 1000
                 pool.final_latency_ms.append(after_event)
@@ -380,9 +412,14 @@ class CallStt:
         limit = pool.limits.max_partial_backlog_ms // FRAME_MS
         if pool.finals_starved or self._partial_backlog > limit:
             self._drop_partial_frames(keep=0 if pool.finals_starved else limit)
-        ops = list(self._partial_ops)
-        self._partial_ops.clear()
-        self._partial_backlog = 0
+        if pool.decoding and not self._closed:
+            # finals first: hold partial work while a final decode runs (over the backlog
+            # limit the oldest frames are shed as above); the decode's end pumps again
+            if self not in pool._held_partials:
+                pool._held_partials[self] = None
+                pool.metrics["partial_holds"] += 1
+            return
+        ops = self._take_partial_batch(pool.limits.max_partial_batch_ms // FRAME_MS)
         if not ops:
             return
         stream = self._partial
@@ -392,6 +429,25 @@ class CallStt:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(pool._partial_exec, _run_partial_ops, stream, ops)
         fut.add_done_callback(self._partials_done)
+
+    def _take_partial_batch(self, max_frames: int) -> list[Any]:
+        """The queued partial ops up to ``max_frames`` frames (a short batch holds the
+        partial thread, and with it the GIL, briefly: a final that arrives meanwhile
+        gets the cores sooner)."""
+        ops: list[Any] = []
+        n = 0
+        q = self._partial_ops
+        while q and n < max_frames:
+            op = q.popleft()
+            if op[0] == "frames":
+                room = max_frames - n
+                if len(op[1]) > room:
+                    q.appendleft(("frames", op[1][room:]))
+                    op = ("frames", op[1][:room])
+                n += len(op[1])
+            ops.append(op)
+        self._partial_backlog -= n
+        return ops
 
     def _drop_partial_frames(self, keep: int) -> None:
         """Drop the oldest queued frames beyond ``keep``; start/end ops always stay."""
@@ -440,7 +496,10 @@ class CallStt:
         self._final_ops.append(_END)
         self._final_wake.set()
         await self._final_task
-        while self._partial_busy:
+        self.pool._held_partials.pop(self, None)
+        while self._partial_busy or self._partial_ops:
+            if not self._partial_busy:
+                self._pump_partials()  # closed: nothing is held any more
             await asyncio.sleep(0.01)
         loop = asyncio.get_running_loop()
         for s in (self._partial, self._final):
