@@ -25,10 +25,10 @@ import logging
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,6 +48,8 @@ from providers.codecs import Encoder
 from voicehub.simulate import TwilioCallSim
 
 log = logging.getLogger("bench.media")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -137,35 +139,40 @@ async def _capacity_step(server: Server, n: int, window_s: float) -> dict[str, A
     loop = asyncio.get_running_loop()
     warm = 150  # 3 s of streaming while the recordings start (files created and fsynced)
     ticks = int(window_s * 50) + warm
-    sent = 0
+    # frames are counted from before the first one (exact: nothing streams now); the late
+    # frames and the CPU from the end of the warm-up, read in a thread so the generator
+    # keeps its pace while the busy server answers
+    m_start = server.metrics()["media"]
+    sent = sent_window = 0
     start = loop.time()
     behind = 0
-    m0: dict[str, Any] = {}
+    m0_task: asyncio.Future[dict[str, Any]] | None = None
+    cpu0 = gen0 = 0.0
     for tick in range(ticks):
         if tick == warm:
-            m0 = server.metrics()["media"]
-            sent, behind = 0, 0
+            m0_task = asyncio.ensure_future(asyncio.to_thread(server.metrics))
+            sent_window, behind = sent, 0
+            cpu0, gen0 = server.cpu_seconds(), time.process_time()
         p = payloads[tick % len(payloads)]
-        for s in sims:
-            s._chunk += 1
-            msg = (
-                f'{{"event":"media","streamSid":"{s.stream_sid}","sequenceNumber":'
-                f'"{s._chunk}","media":{{"track":"inbound","chunk":"{s._chunk}",'
-                f'"timestamp":"{(s._chunk - 1) * 20}","payload":"{p}"}}}}'
-            )
-            await s._ws.send(msg)
-            sent += 1
+        for s in sims:  # a real, masked WebSocket text frame each, into the socket's buffer
+            sent += s.send_media_nowait(p)
         delay = start + (tick + 1) * 0.02 - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         else:
             behind = max(behind, int(-delay * 1000))
+    gen_cpu = time.process_time() - gen0
+    sent_window = sent - sent_window
     await asyncio.sleep(1.0)  # let the server drain
     m1 = server.metrics()["media"]
+    server_cpu = server.cpu_seconds() - cpu0
+    assert m0_task is not None
+    m0 = (await m0_task)["media"]
     await asyncio.gather(*(s.hangup() for s in sims))
-    got = m1["frames_in"] - m0["frames_in"]
-    # the resampler of each stream holds back up to one frame (a sample remainder)
+    got = m1["frames_in"] - m_start["frames_in"]
+    # a stream's decoder may hold back up to one frame (a resampler remainder)
     lost = max(0, sent - got - n)
+    late = m1["late_frames"] - m0["late_frames"]
     return {
         "calls": n,
         "frames_sent": sent,
@@ -173,11 +180,24 @@ async def _capacity_step(server: Server, n: int, window_s: float) -> dict[str, A
         "lost": lost,
         "frames_recorded": m1["frames_recorded"] - m0["frames_recorded"],
         "open_recordings": m1["open_recordings"],
-        "late": m1["late_frames"] - m0["late_frames"],
+        "late": late,
         "max_lag_ms": m1["max_frame_lag_ms"],
         "generator_behind_ms": behind,
-        "ok": lost == 0 and m1["late_frames"] == m0["late_frames"] and behind < 100,
+        "server_cpu_us_per_frame": round(server_cpu / max(1, sent_window) * 1e6, 1),
+        "generator_cpu_us_per_frame": round(gen_cpu / max(1, sent_window) * 1e6, 1),
+        "load_average": load_average(),
+        "server_gc": m1.get("gc"),
+        "ok": lost == 0 and late == 0 and behind < 100,
     }
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """The load generator's loop: uvloop where installed (less CPU per frame sent)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def bench_capacity(rep: Report, tmp: Path | None, s: Sizes) -> None:
@@ -185,11 +205,12 @@ def bench_capacity(rep: Report, tmp: Path | None, s: Sizes) -> None:
     for n in s.steps:
         with fresh_dir(tmp, f"media-cap-{n}") as d:
             server = Server(d / "data", "--speech-engines", "vad", "--agent", "none")
+            log.info("  server pid %d", server.proc.pid)
             try:
                 with phase(f"recording + VAD: starting voicehub serve for {n} calls"):
                     server.wait_ready()
                 with phase(f"recording + VAD: {n} calls for {s.window_s:.0f} s"):
-                    r = asyncio.run(_capacity_step(server, n, s.window_s))
+                    r = _run(_capacity_step(server, n, s.window_s))
             finally:
                 server.stop()
         log.info("  %s", r)
@@ -324,9 +345,15 @@ def bench_stt(rep: Report, tmp: Path | None, s: Sizes) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0] if __doc__ else "media bench")
     p.add_argument("--only", choices=["capacity", "stt"])
+    p.add_argument("--steps", help="capacity steps, comma-separated call counts (e.g. 100,200)")
+    p.add_argument("--window-s", type=float, help="capacity measuring window per step (s)")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     s = QUICK if args.quick else FULL
+    if args.steps:
+        s = replace(s, steps=tuple(int(x) for x in args.steps.split(",")))
+    if args.window_s:
+        s = replace(s, window_s=args.window_s)
     tmp: Path | None = args.tmp_dir
     rep = Report("media", args.quick)
     rep.meta.update(environment(tmp))

@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from media.keys import KeyRecord, Keyring, KeyringError
 from media.recording_format import CHANNELS, SLOT_BYTES, RecordingError, read_header
@@ -65,6 +66,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("voicehub.media.recorder")
+
+T = TypeVar("T")
 
 
 def unfinished(root_dir: Path) -> list[tuple[int, int, Path]]:
@@ -165,43 +168,90 @@ def shred(path: Path) -> None:
 class AsyncRecordingWriter:
     """Thin asyncio wrapper: frames are batched and written in a worker thread.
 
-    At most ``batch`` frames (default 0.5 s of both channels) wait in memory; pause, resume,
-    sync and finalize flush them first. Calls are serialized by a lock.
+    ``write_nowait`` (the call worker's per-frame call) only appends to the batch; a full
+    batch (default 50 frames: 0.5 s of both channels) goes to a worker thread in the
+    background. Every operation - a batch, pause, resume, sync, finalize - runs in the order
+    it was issued, each after the one before has finished (a chain of tasks, so the
+    blocking writer is used by one thread at a time); pause, resume, sync and finalize hand
+    over the pending batch first and return when they are done. A failed operation fails
+    every later one with its exception (``write_nowait`` raises it too): the file's state
+    is unknown then, and ``recover`` takes over.
     """
 
     def __init__(self, writer: RecordingWriter, batch: int = 50) -> None:
         self.writer = writer
         self._batch: list[tuple[str | int, bytes, int]] = []
-        self._size = batch
-        self._lock = asyncio.Lock()
+        # the first batch is shorter by an amount that depends on the recording, so calls
+        # that started together do not all hand their batches over on the same frame
+        self._size = 1 + (batch - 1) * (writer.recording_id * 2654435761 % 997) // 997
+        self._full = batch
+        self._tail: asyncio.Task[Any] | None = None
+        self._pending = 0
+        self._error: BaseException | None = None
+
+    def write_nowait(self, channel: str | int, pcm: bytes, timestamp_ms: int) -> None:
+        """Add one frame; never waits (the batch is written in the background)."""
+        if self._error is not None:
+            raise self._error
+        batch = self._batch
+        batch.append((channel, pcm, timestamp_ms))
+        if len(batch) >= self._size:
+            self._batch = []
+            self._size = self._full
+            self._chain(self.writer.write_many, batch)
 
     async def write(self, channel: str | int, pcm: bytes, timestamp_ms: int) -> None:
-        self._batch.append((channel, pcm, timestamp_ms))
-        if len(self._batch) >= self._size:
-            await self._flush()
+        """``write_nowait``, waiting while more than two batches are still being written
+        (backpressure for a producer that can wait)."""
+        self.write_nowait(channel, pcm, timestamp_ms)
+        if self._pending > 2 and self._tail is not None:
+            await asyncio.wait([self._tail])
 
-    async def _flush(self) -> None:
-        async with self._lock:
-            batch, self._batch = self._batch, []
-            if batch:
-                await asyncio.to_thread(self.writer.write_many, batch)
+    def _chain(self, fn: Callable[..., T], *args: Any) -> asyncio.Task[T]:
+        prev = self._tail
+
+        async def run() -> T:
+            if prev is not None and not prev.done():
+                await asyncio.wait([prev])  # its failure is recorded in _error
+            if self._error is not None:
+                raise self._error
+            return await asyncio.to_thread(fn, *args)
+
+        self._pending += 1
+        task = asyncio.get_running_loop().create_task(run())
+        task.add_done_callback(self._done)
+        self._tail = task
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._pending -= 1
+        if task.cancelled():
+            return
+        e = task.exception()
+        if e is not None and self._error is None:
+            self._error = e
+            log.error("recording %s: a write failed: %s", self.writer.recording_id, e)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            self._chain(self.writer.write_many, batch)
+
+    async def _then(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._error is not None:
+            raise self._error
+        self._flush()
+        # shielded: a cancelled caller does not take the operation out of the chain
+        return await asyncio.shield(self._chain(fn, *args))
 
     async def pause(self, reason: str, timestamp_ms: int) -> None:
-        await self._flush()
-        async with self._lock:
-            await asyncio.to_thread(self.writer.pause, reason, timestamp_ms)
+        await self._then(self.writer.pause, reason, timestamp_ms)
 
     async def resume(self, timestamp_ms: int) -> None:
-        await self._flush()
-        async with self._lock:
-            await asyncio.to_thread(self.writer.resume, timestamp_ms)
+        await self._then(self.writer.resume, timestamp_ms)
 
     async def sync(self) -> None:
-        await self._flush()
-        async with self._lock:
-            await asyncio.to_thread(self.writer.sync)
+        await self._then(self.writer.sync)
 
     async def finalize(self, end_ms: int | None = None) -> FinalizedRecording:
-        await self._flush()
-        async with self._lock:
-            return await asyncio.to_thread(self.writer.finalize, end_ms)
+        return await self._then(self.writer.finalize, end_ms)

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,9 @@ from voicehub.client.errors import ServerError
 log = logging.getLogger("voicehub.media")
 
 LATE_MS = 100
-"""An inbound frame handled later than this after it arrived counts as late."""
+"""An inbound frame handled later than this after it was due counts as late: its due time
+is on the stream's own clock (``CallSession.lag_ms``), so any delay counts - the network,
+the socket, a stalled event loop, a queue - not just time spent queued in the session."""
 
 PARTIAL_EVERY_S = 0.3
 """At most one partial transcript commit per call this often (each is a commit + audit)."""
@@ -67,7 +69,7 @@ class WorkerMetrics:
     recordings_finalized: int = 0
     errors: int = 0
     late_frames: int = 0
-    """Inbound frames handled more than ``LATE_MS`` after they arrived (a worker behind)."""
+    """Inbound frames handled more than ``LATE_MS`` after they were due (a worker behind)."""
     max_frame_lag_ms: int = 0
     say_to_first_frame_ms: list[float] = field(default_factory=list)
 
@@ -85,6 +87,8 @@ class CallWorker:
         out["open_recordings"] = len(self.writers)
         if self.speech is not None:
             out["speech"] = self.speech.snapshot()
+        if self.gc_snapshot is not None:
+            out["gc"] = self.gc_snapshot()
         return out
 
     def __init__(
@@ -108,6 +112,8 @@ class CallWorker:
         """Open recordings by recording id (they outlive a stream that re-attaches)."""
         self.calls: dict[int, _Call] = {}
         self._watched: dict[int, Any] = {}
+        self.gc_snapshot: Callable[[], dict[str, Any]] | None = None
+        """The host's collector figures (``voicehub.media_host.GcPauses``), if any."""
 
     async def recover(self) -> int:
         """At start-up: finalize and report the recordings a crash left unfinished - except
@@ -258,13 +264,23 @@ class _Call:
         if self.w.start_flow:
             await self._start_flow()
         try:
+            await self._consume()
+        finally:
+            await self._close()
+
+    async def _consume(self) -> None:
+        """Frames arrive through the session's audio sink (handled in the adapter's task as
+        they are pushed); ``events()`` brings the rest, and frames that queued behind it."""
+        s = self.s
+        s.audio_sink = self._on_frame
+        try:
             async for ev in s.events():
                 if isinstance(ev, AudioFrame):
-                    await self._on_frame(ev)
+                    self._on_frame(ev)
                 elif isinstance(ev, StreamEnded):
                     break
         finally:
-            await self._close()
+            s.audio_sink = None
 
     async def _start_flow(self) -> None:
         args: dict[str, Any] = {"call_id": self.call_id}
@@ -421,18 +437,22 @@ class _Call:
             return None
         return self.w.writers.get(int(rec["id"]))
 
-    async def _on_frame(self, f: AudioFrame) -> None:
+    def _on_frame(self, f: AudioFrame) -> None:
+        """One inbound frame, synchronously (the session's audio sink): late accounting,
+        the recorder's batch, VAD/STT. Nothing here waits."""
         m = self.w.metrics
         m.frames_in += 1
-        lag = self.s.media_now_ms() - f.timestamp_ms  # how far behind the stream we are
+        lag = self.s.lag_ms(f.timestamp_ms)  # behind the stream's own clock
         if lag > m.max_frame_lag_ms:
             m.max_frame_lag_ms = lag
         if lag > LATE_MS:
             m.late_frames += 1
-        w = self._live_writer()
-        if w is not None:
-            await w.write("caller", f.pcm, f.timestamp_ms)
-            self.w.metrics.frames_recorded += 1
+        rec = self.recording
+        if rec is not None and rec["status"] == "active":
+            w = self.w.writers.get(int(rec["id"]))
+            if w is not None:
+                w.write_nowait("caller", f.pcm, f.timestamp_ms)
+                m.frames_recorded += 1
         if self.stt is not None and not self.transcription_paused:
             self.stt.push(f.pcm)
 
@@ -440,7 +460,7 @@ class _Call:
         w = self._live_writer()
         if w is not None:
             self.w.metrics.agent_frames_recorded += 1
-            asyncio.get_running_loop().create_task(w.write("agent", pcm, at_ms))
+            w.write_nowait("agent", pcm, at_ms)
 
     def _on_segment(self, ev: SegmentEvent) -> None:
         if ev.kind == "start":

@@ -78,6 +78,8 @@ class Framer:
 
     def push(self, data: bytes) -> list[bytes]:
         buf = self._buf
+        if not buf and len(data) == self.size:
+            return [bytes(data)]  # the common case: exactly one frame, nothing held
         buf += data
         n = len(buf) // self.size
         if not n:
@@ -109,17 +111,27 @@ class Decoder:
         self.rate = rate
         self._resample = Resampler(rate, CANONICAL_RATE)
         self._framer = Framer(CANONICAL_FRAME_BYTES)
+        self._primed = rate == CANONICAL_RATE
+        """The resampler's first output is short by its filter delay (a sample); that
+        first output is padded at its start with the missing samples (silence), so a
+        20 ms payload becomes exactly one frame and no frame is held back."""
 
     def decode(self, payload: bytes) -> list[bytes]:
         if self.encoding in ("mulaw", "ulaw"):
-            pcm = ulaw_to_pcm16(payload)
+            pcm = audioop.ulaw2lin(payload, SAMPLE_WIDTH)
         elif self.encoding == "alaw":
-            pcm = alaw_to_pcm16(payload)
+            pcm = audioop.alaw2lin(payload, SAMPLE_WIDTH)
         else:
             if len(payload) % 2:
                 raise ValueError("16-bit PCM payload has an odd number of bytes")
             pcm = payload
-        return self._framer.push(self._resample.convert(pcm))
+        out = self._resample.convert(pcm)
+        if not self._primed and out:
+            self._primed = True
+            want = len(pcm) * CANONICAL_RATE // self.rate
+            if len(out) < want:
+                out = bytes(want - len(out)) + out
+        return self._framer.push(out)
 
 
 class Encoder:

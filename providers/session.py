@@ -3,16 +3,22 @@ and WebRTC) turns its media stream into, and what the media worker consumes.
 
 Inbound, an adapter pushes canonical audio frames (16 kHz s16le mono, 20 ms, timestamped in
 media milliseconds since the stream started), DTMF digits, playback marks it was told about
-and the end of the stream; the consumer reads them in arrival order from ``events()``.
+and the end of the stream; the consumer reads them in arrival order from ``events()``. A
+consumer may also set ``audio_sink``: then a frame that arrives while nothing is queued is
+handed to it at once, synchronously, in the adapter's task (no queue, no task switch: the
+per-frame cost that matters at hundreds of calls); anything queued keeps its order, so the
+sink never sees a frame before an event that arrived earlier.
 Outbound, the consumer queues canonical PCM with optional marks (``play``) and can ``clear``
 on barge-in; a pacer task sends exactly one 20 ms frame per tick against an absolute clock
 (no burst, no drift: frame n leaves at t0 + n·20 ms), through the adapter's
 ``MediaTransport``, which encodes to the provider's wire format.
 
 Invariants: inbound audio is never dropped (the queue is unbounded; a consumer that falls
-behind shows up in ``inbound_backlog``); a mark resolves exactly once, ``True`` when the
-provider reported playback reached it and ``False`` when it was cleared or the stream ended;
-nothing here knows a provider's notions (stream ids, sids, NCCOs).
+behind shows up in ``inbound_backlog``; a sink that raises is detached, the frame is queued
+and ``events()`` raises the sink's exception to the consumer); a mark resolves exactly
+once, ``True`` when the provider reported playback reached it and ``False`` when it was
+cleared or the stream ended; nothing here knows a provider's notions (stream ids, sids,
+NCCOs).
 """
 
 from __future__ import annotations
@@ -100,6 +106,11 @@ class PlaybackStats:
     send_times: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
 
+ORIGIN_EPOCH_S = 2.0
+"""``lag_ms`` anchors on the earliest arrival of the last 2-4 s: a stall shorter than that
+counts in full; a fixed offset of the stream's timeline is forgotten after it."""
+
+
 class CallSession:
     """One live call's media, between an adapter and its consumer."""
 
@@ -139,21 +150,56 @@ class CallSession:
         """Called with each outbound frame as it leaves and its media time (ms): how the
         recorder gets the agent's channel, timed by playout."""
         self._origin: float | None = None
+        """Our clock at media time 0: the earliest ``arrival - timestamp`` of the last
+        ``ORIGIN_EPOCH_S``..2x that (two buckets), so a frame's due time is ``origin +
+        timestamp`` (see ``lag_ms``) and an offset the adapter's timeline picked up (a
+        provider gap under its resync threshold) ages out instead of counting forever."""
+        self._origin_prev = self._origin_cur = float("inf")
+        self._origin_until = 0.0
         self._last_arrival = 0.0
         self._last_now = 0
+        self.audio_sink: Callable[[AudioFrame], None] | None = None
+        """The consumer's synchronous frame handler (see the module docstring)."""
+        self._sink_error: BaseException | None = None
 
     # ---------------------------------------------------------------- inbound (adapter)
 
     def push_audio(self, pcm: bytes, timestamp_ms: int) -> None:
         if self.ended is not None:
             return
-        self._seq += 1
+        self._seq = seq = self._seq + 1
         self.frames_in += 1
         self.last_inbound_ms = timestamp_ms
         self._last_arrival = t = self._clock()
+        o = t - timestamp_ms / 1000
+        if t >= self._origin_until:  # a new bucket
+            self._origin_prev, self._origin_cur = self._origin_cur, o
+            self._origin_until = t + ORIGIN_EPOCH_S
+            self._origin = min(self._origin_prev, o)
+        elif o < self._origin_cur:
+            self._origin_cur = o
+            if self._origin is None or o < self._origin:
+                self._origin = o
+        frame = AudioFrame(pcm, timestamp_ms, seq)
+        sink = self.audio_sink
+        if sink is not None and not self._inbound:
+            try:
+                sink(frame)
+                return
+            except Exception as e:  # the consumer's failure: hand it over, keep the frame
+                self.audio_sink = None
+                self._sink_error = e
+        self._put(frame)
+
+    def lag_ms(self, timestamp_ms: int) -> int:
+        """How late, now, a frame of ``timestamp_ms`` is on the stream's own clock: our
+        time minus its due time (``origin + timestamp``, the origin taken from the frame
+        of the last 2-4 s that arrived earliest relative to its timestamp). Counts every
+        delay between the provider and the caller of this - network, socket, event loop,
+        queue - since a frame paced in real time arrives when it is due."""
         if self._origin is None:
-            self._origin = t - timestamp_ms / 1000
-        self._put(AudioFrame(pcm, timestamp_ms, self._seq))
+            return 0
+        return int((self._clock() - self._origin) * 1000) - timestamp_ms
 
     def push_dtmf(self, digits: str, timestamp_ms: int | None = None) -> None:
         if self.ended is None and digits:
@@ -202,7 +248,10 @@ class CallSession:
         """Every inbound event in arrival order, ending with ``StreamEnded``."""
         queue, wake = self._inbound, self._inbound_wake
         while True:
-            while queue:
+            while queue or self._sink_error is not None:
+                if self._sink_error is not None:
+                    err, self._sink_error = self._sink_error, None
+                    raise err
                 ev = queue.popleft()
                 yield ev
                 if isinstance(ev, StreamEnded):

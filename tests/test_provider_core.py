@@ -395,3 +395,32 @@ async def test_refusals_are_audited_and_rate_limited(tmp_path: Path) -> None:
         ).rows
         assert sorted(rows) == [("10.0.0.1", False), ("10.0.0.2", False)]
         assert audit.refused == 6
+
+
+async def test_audio_sink_gets_frames_at_once_in_order_and_hands_over_its_failure() -> None:
+    now = [100.0]
+    s = CallSession(7, "test", "x", Recorder(), clock=lambda: now[0])
+    got: list[int] = []
+    s.push_audio(b"\x00" * 640, 0)  # before the sink: queued
+    s.audio_sink = lambda f: got.append(f.timestamp_ms)
+    s.push_audio(b"\x00" * 640, 20)  # something is queued: it queues behind it
+    assert got == [] and s.inbound_backlog == 2
+    events = s.events()
+    assert (await anext(events)).timestamp_ms == 0  # type: ignore[union-attr]
+    assert (await anext(events)).timestamp_ms == 20  # type: ignore[union-attr]
+    now[0] += 0.02
+    s.push_audio(b"\x00" * 640, 40)  # nothing queued: straight to the sink
+    assert got == [40] and s.inbound_backlog == 0
+    assert s.lag_ms(40) == 0
+    now[0] += 0.5  # handled half a second after it was due
+    assert s.lag_ms(40) == 500
+
+    def broken(_f: object) -> None:
+        raise OSError("disk full")
+
+    s.audio_sink = broken
+    s.push_audio(b"\x00" * 640, 60)  # the frame is kept, the failure goes to the consumer
+    assert s.audio_sink is None and s.inbound_backlog == 1
+    with pytest.raises(OSError, match="disk full"):
+        await anext(events)
+    await events.aclose()

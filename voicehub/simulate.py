@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets
+from websockets.protocol import State
 
 from providers.codecs import CANONICAL_RATE, Decoder, Encoder, Resampler
 from providers.twilio.signing import SignatureCheck
@@ -117,6 +118,8 @@ class TwilioCallSim(PacedCaller):
         self._reader: asyncio.Task[None] | None = None
         self._seq = 0
         self._chunk = 0
+        self._ts = -20
+        self._t_start = 0.0
         self._enc = Encoder("mulaw", 8000)
         self._dec = Decoder("mulaw", 8000)
         self.on_audio: Callable[[bytes], None] | None = None
@@ -184,6 +187,7 @@ class TwilioCallSim(PacedCaller):
             compression=None,
             proxy=None,
         )
+        self._t_start = time.monotonic()
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         await self._send(
             {
@@ -249,9 +253,22 @@ class TwilioCallSim(PacedCaller):
 
     # ---------------------------------------------------------------- audio
 
+    def _stamp(self) -> int:
+        """The next media chunk's ``media.timestamp``: Twilio's is the stream's real time
+        (ms since it started), so chunks sent back to back advance it by 20 ms, and after
+        a pause in sending (nothing was said) it jumps to the real time, as Twilio's does
+        when media was skipped."""
+        self._chunk += 1
+        ts = self._ts + 20
+        real = int((time.monotonic() - self._t_start) * 1000) // 20 * 20
+        if real - ts > 100:
+            ts = real
+        self._ts = ts
+        return ts
+
     async def _send_frame(self, frame: bytes) -> None:
         for payload in self._enc.encode(frame):  # μ-law 8 kHz, Twilio's media message
-            self._chunk += 1
+            ts = self._stamp()
             await self._send(
                 {
                     "event": "media",
@@ -260,11 +277,31 @@ class TwilioCallSim(PacedCaller):
                     "media": {
                         "track": "inbound",
                         "chunk": str(self._chunk),
-                        "timestamp": str((self._chunk - 1) * 20),
+                        "timestamp": str(ts),
                         "payload": base64.b64encode(payload).decode(),
                     },
                 }
             )
+
+    def send_media_nowait(self, payload_b64: str) -> bool:
+        """One ``media`` message (a base64 μ-law payload of 20 ms) onto the WebSocket now,
+        without waiting for the socket: the frame is put in the connection's write buffer
+        (the load generator's per-frame cost, for many calls from one loop). False when
+        the connection is no longer open."""
+        ws = self._ws
+        proto = ws.protocol
+        if self._closed or proto.state is not State.OPEN:
+            return False
+        ts = self._stamp()
+        self._seq += 1
+        chunk = self._chunk
+        proto.send_text(
+            f'{{"event":"media","sequenceNumber":"{self._seq}","streamSid":"{self.stream_sid}",'
+            f'"media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{ts}",'
+            f'"payload":"{payload_b64}"}}}}'.encode()
+        )
+        ws.send_data()
+        return True
 
     async def press(self, digit: str) -> None:
         await self._send(

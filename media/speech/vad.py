@@ -11,6 +11,7 @@ each frame is handed out at most once, in order, and an utterance's audio starts
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 import warnings
@@ -52,13 +53,21 @@ class WebRtcVad:
         webrtcvad = optional_import("webrtcvad", need)
         self.mode = mode
         self._vad: Any = webrtcvad.Vad(mode)
+        # the C function itself, bound to this detector (the wrapper's checks are ours)
+        native = getattr(webrtcvad, "_webrtcvad", None)
+        handle = getattr(self._vad, "_vad", None)
+        if native is not None and handle is not None:
+            self._process: Any = functools.partial(native.process, handle, SAMPLE_RATE)
+        else:
+            self._process = functools.partial(self._vad.is_speech, sample_rate=SAMPLE_RATE)
 
     def clone(self) -> WebRtcVad:
         return WebRtcVad(self.mode)
 
     def is_speech(self, frame: bytes) -> bool:
-        _check_frame(frame)
-        return bool(self._vad.is_speech(frame, SAMPLE_RATE))
+        if len(frame) != FRAME_BYTES:
+            _check_frame(frame)
+        return bool(self._process(frame, FRAME_BYTES // 2))
 
 
 class EnergyVad:

@@ -331,6 +331,8 @@ class TwilioAdapter:
         stream = MediaStream(ws, self.ctx, _remote(ws), self.is_redirecting)
         self.streams.add(stream)
         try:
-            await stream.run()
+            # in a task of its own: every frame resumes the stream's few coroutine frames,
+            # not the whole ASGI middleware stack above this handler (50 frames a second)
+            await asyncio.get_running_loop().create_task(stream.run(), name="twilio-media")
         finally:
             self.streams.discard(stream)

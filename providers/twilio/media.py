@@ -95,14 +95,21 @@ class MediaStream:
         self._frames_out = 0
 
     async def run(self) -> None:
+        receive, fast = self.ws.receive, p.media_fast
         try:
             while True:
-                frame = await self.ws.receive()
-                if frame["type"] == "websocket.disconnect":
-                    return
+                frame = await receive()
                 text = frame.get("text")
-                if text is None:  # a binary frame: not Twilio's protocol
-                    self._malformed(p.Malformed("binary frame"))
+                if text is None:
+                    if frame["type"] == "websocket.disconnect":
+                        return
+                    self._malformed(p.Malformed("binary frame"))  # not Twilio's protocol
+                    continue
+                # the common case (50 a second per call): one of this stream's media frames
+                m = fast(text) if self.session is not None else None
+                if m is not None and self.start is not None and m[0] == self.start.stream_sid:
+                    if m[1] in ("inbound", "inbound_track"):
+                        self._on_payload(m[2], m[3])
                     continue
                 if not await self._handle(p.parse(text)):
                     return
@@ -209,24 +216,31 @@ class MediaStream:
         return True
 
     def _on_media(self, m: p.Media) -> None:
-        assert self.session is not None and self.decoder is not None
         if m.track not in ("inbound", "inbound_track"):
             return  # <Connect><Stream> only sends the caller's track; ignore anything else
+        self._on_payload(m.payload, m.timestamp_ms)
+
+    def _on_payload(self, payload: bytes, timestamp_ms: int) -> None:
+        """The caller's μ-law payload at ``media.timestamp``: decoded, timestamped, pushed."""
+        session, decoder = self.session, self.decoder
+        assert session is not None and decoder is not None
         try:
-            frames = self.decoder.decode(m.payload)
+            frames = decoder.decode(payload)
         except ValueError as e:
             self._malformed(p.Malformed(str(e), "media"))
             return
-        if self._t0 is None:
-            self._t0 = m.timestamp_ms
-        expected = self._t0 + self._frames_out * FRAME_MS
-        if abs(m.timestamp_ms - FRAME_MS - expected) > RESYNC_MS:
+        t0 = self._t0
+        if t0 is None:
+            self._t0 = t0 = timestamp_ms
+        n = self._frames_out
+        if abs(timestamp_ms - FRAME_MS - (t0 + n * FRAME_MS)) > RESYNC_MS:
             # Twilio skipped media (a gap in media.timestamp): follow its clock again
-            self._t0 = m.timestamp_ms - FRAME_MS - self._frames_out * FRAME_MS
+            self._t0 = t0 = timestamp_ms - FRAME_MS - n * FRAME_MS
         for frame in frames:
-            ts = self._t0 + self._frames_out * FRAME_MS
-            self._frames_out += 1
-            self.session.push_audio(frame, max(ts, 0))
+            ts = t0 + n * FRAME_MS
+            n += 1
+            session.push_audio(frame, ts if ts > 0 else 0)
+        self._frames_out = n
 
     async def _on_dtmf(self, d: p.DtmfDigit) -> None:
         assert self.session is not None and self.start is not None
