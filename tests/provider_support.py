@@ -61,6 +61,9 @@ class ProviderNode:
 
     def audit_rows(self) -> list[dict[str, Any]]:
         """The security audit entries of refused provider requests."""
+        db = self.node.db
+        if db.visible_offset < db.offset:  # a refusal's audit row may still be in flight
+            db.gate.wait(db.offset, timeout=10)
         return self.sql("SELECT * FROM auth_audit WHERE event = 'provider_request_refused'")
 
     async def shutdown(self) -> None:
