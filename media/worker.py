@@ -447,12 +447,10 @@ class _Call:
             m.max_frame_lag_ms = lag
         if lag > LATE_MS:
             m.late_frames += 1
-        rec = self.recording
-        if rec is not None and rec["status"] == "active":
-            w = self.w.writers.get(int(rec["id"]))
-            if w is not None:
-                w.write_nowait("caller", f.pcm, f.timestamp_ms)
-                m.frames_recorded += 1
+        w = self._live_writer()
+        if w is not None:
+            w.write_nowait("caller", f.pcm, f.timestamp_ms)
+            m.frames_recorded += 1
         if self.stt is not None and not self.transcription_paused:
             self.stt.push(f.pcm)
 

@@ -118,9 +118,9 @@ class Decoder:
 
     def decode(self, payload: bytes) -> list[bytes]:
         if self.encoding in ("mulaw", "ulaw"):
-            pcm = audioop.ulaw2lin(payload, SAMPLE_WIDTH)
+            pcm = ulaw_to_pcm16(payload)
         elif self.encoding == "alaw":
-            pcm = audioop.alaw2lin(payload, SAMPLE_WIDTH)
+            pcm = alaw_to_pcm16(payload)
         else:
             if len(payload) % 2:
                 raise ValueError("16-bit PCM payload has an odd number of bytes")

@@ -125,45 +125,46 @@ class _MediaMsg(msgspec.Struct):
 _decode_media = msgspec.json.Decoder(_MediaMsg).decode
 
 
-def media_fast(text: str | bytes) -> tuple[str, str, bytes, int] | None:
-    """A well-formed ``media`` message as ``(streamSid, track, payload, timestamp_ms)``,
-    straight from the bytes, without building a ``Media``; None for anything else (which
-    ``parse`` then handles, with its precise error messages). Validates what ``parse``
-    validates: numeric ``sequenceNumber``/``chunk``/``timestamp``, strict base64."""
-    try:
-        m = _decode_media(text)
-        body = m.media
-        if m.event != "media" or not m.streamSid:
-            return None
-        int(m.sequenceNumber)
-        int(body.chunk)
-        return (
-            m.streamSid,
-            body.track,
-            binascii.a2b_base64(body.payload, strict_mode=True),
-            int(body.timestamp),
-        )
-    except (msgspec.DecodeError, ValueError, binascii.Error, UnicodeDecodeError):
-        return None
-
-
-def _fast_media(text: str | bytes) -> Media | None:
-    """The common case (50 a second per call) decoded straight into typed fields; None
+def _checked_media(text: str | bytes) -> tuple[_MediaMsg, bytes] | None:
+    """A well-formed ``media`` message and its decoded payload, checked as ``parse``
+    checks it (numeric ``sequenceNumber``/``chunk``/``timestamp``, strict base64); None
     for anything else, which takes the general path (and its precise error messages)."""
     try:
         m = _decode_media(text)
         if m.event != "media" or not m.streamSid:
             return None
-        return Media(
-            stream_sid=m.streamSid,
-            sequence=int(m.sequenceNumber),
-            chunk=int(m.media.chunk),
-            timestamp_ms=int(m.media.timestamp),
-            track=m.media.track,
-            payload=base64.b64decode(m.media.payload, validate=True),
-        )
+        int(m.sequenceNumber)
+        int(m.media.chunk)
+        int(m.media.timestamp)
+        return m, binascii.a2b_base64(m.media.payload, strict_mode=True)
     except (msgspec.DecodeError, ValueError, binascii.Error, UnicodeDecodeError):
         return None
+
+
+def media_fast(text: str | bytes) -> tuple[str, str, bytes, int] | None:
+    """The common case (50 a second per call) as ``(streamSid, track, payload,
+    timestamp_ms)``, without building a ``Media``; None for anything else."""
+    c = _checked_media(text)
+    if c is None:
+        return None
+    m, payload = c
+    return m.streamSid, m.media.track, payload, int(m.media.timestamp)
+
+
+def _fast_media(text: str | bytes) -> Media | None:
+    """The same as a typed ``Media`` (``parse``'s fast path)."""
+    c = _checked_media(text)
+    if c is None:
+        return None
+    m, payload = c
+    return Media(
+        stream_sid=m.streamSid,
+        sequence=int(m.sequenceNumber),
+        chunk=int(m.media.chunk),
+        timestamp_ms=int(m.media.timestamp),
+        track=m.media.track,
+        payload=payload,
+    )
 
 
 def parse(text: str | bytes) -> Message:
