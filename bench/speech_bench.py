@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0] if __doc__ else "speech bench")
     p.add_argument("--calls", type=int, default=10, help="concurrent calls in the pool run")
     p.add_argument("--partial-threads", type=int, default=1, help="SpeechPool partial threads")
-    p.add_argument("--whisper-threads", type=int, default=2, help="CTranslate2 cpu_threads")
+    p.add_argument(
+        "--whisper-threads", type=int, default=1, help="CTranslate2 cpu_threads per decode (1)"
+    )
     p.add_argument(
         "--end-silence-ms", type=int, default=None, help="the segmenter's hangover (default 500)"
     )
