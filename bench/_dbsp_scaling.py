@@ -14,14 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (
-    Report,
-    gc_paused,
-    median,
-    phase,
-    settle,
-)
-from bench.dbsp_world import (
+from bench._dbsp_world import (
     BATCH,
     FANOUT_SQL,
     FANOUT_TARGET,
@@ -36,6 +29,13 @@ from bench.dbsp_world import (
     sqlite_open,
     timed_execute,
     us,
+)
+from bench.common import (
+    Report,
+    gc_paused,
+    median,
+    phase,
+    settle,
 )
 from core.subscriptions import Delta, Subscription, SubscriptionManager
 

@@ -1,6 +1,6 @@
 """The world of the DBSP benchmarks: schema, workloads, sizes, SQLite and the ad-hoc executor.
 
-Shared by ``bench/dbsp_bench.py`` (the join + aggregate) and ``bench/dbsp_scaling.py``
+Shared by ``bench/dbsp_bench.py`` (the join + aggregate) and ``bench/_dbsp_scaling.py``
 (subscriber scaling, subscribe time). Invariant: the same commits are applied to the
 voicehub store and to the SQLite oracle, so their results can be compared row for row.
 """

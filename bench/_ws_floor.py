@@ -4,7 +4,7 @@
 against the machine rather than as a bare number:
 
 * **network floor**: the e2e workload's traffic over a bare WebSocket server (this file
-  run as ``python bench/ws_floor.py PORT``: the same uvicorn protocol, settings, event
+  run as ``python bench/_ws_floor.py PORT``: the same uvicorn protocol, settings, event
   loop and switch interval as ``voicehub serve``, but an ASGI app that only forwards).
   100 agents and one writer connect with the SDK's WebSocket library; the writer sends a
   call-sized frame, the server answers it and sends one frame to each of 3 agents, and
@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._serve_process import free_port
 from bench.common import REPO_ROOT
-from bench.serve_process import free_port
 
 FANOUT = 3
 REPLY = '{"type":"call_result","request_id":"%s","offset":123456,"value":null}'

@@ -48,23 +48,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (
-    Progress,
-    Report,
-    base_parser,
-    count_label,
-    environment,
-    finish,
-    full_gc_pause_s,
-    gc_paused,
-    load_average,
-    median,
-    phase,
-    settle,
-    setup_logging,
-)
-from bench.dbsp_scaling import bench_fanout, bench_subscribe
-from bench.dbsp_world import (
+from bench._dbsp_scaling import bench_fanout, bench_subscribe
+from bench._dbsp_world import (
     FLAT_TARGET,
     FULL,
     INC_TARGET_US,
@@ -88,6 +73,21 @@ from bench.dbsp_world import (
     sqlite_plan,
     timed_execute,
     us,
+)
+from bench.common import (
+    Progress,
+    Report,
+    base_parser,
+    count_label,
+    environment,
+    finish,
+    full_gc_pause_s,
+    gc_paused,
+    load_average,
+    median,
+    phase,
+    settle,
+    setup_logging,
 )
 from core import Database
 from core.subscriptions import Delta, Subscription, SubscriptionManager

@@ -42,6 +42,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._serve_process import ServeProcess
+from bench._ws_floor import fsync_floor, network_floor
 from bench.common import (
     Report,
     base_parser,
@@ -53,8 +55,6 @@ from bench.common import (
     phase,
     setup_logging,
 )
-from bench.serve_process import ServeProcess
-from bench.ws_floor import fsync_floor, network_floor
 from voicehub.client import Client
 from voicehub.server.loop import uvloop_available
 
@@ -329,7 +329,7 @@ def _progress(policy: str, what: str, r: int, n: int, run: Run) -> None:
 
 def bench_floor(rep: Report, tmp: Path | None, s: Sizes, client_loop: str) -> None:
     """What a durable sequential action cannot beat here: the same commit in-process
-    (``await db.call``), and the network and fsync floors of ``bench/ws_floor.py``."""
+    (``await db.call``), and the network and fsync floors of ``bench/_ws_floor.py``."""
     from bench._e2e_module import e2e
     from core import Database, StoreConfig
 
@@ -376,7 +376,7 @@ def bench_floor(rep: Report, tmp: Path | None, s: Sizes, client_loop: str) -> No
         "network_floor_p50_ms",
         _ms(net, 50),
         "ms",
-        note="bench/ws_floor.py: same uvicorn protocol and loop, an app that only forwards;"
+        note="bench/_ws_floor.py: same uvicorn protocol and loop, an app that only forwards;"
         " call frame -> reply + 3 agent frames",
     )
     rep.add(sec, "network_floor_p99_ms", _ms(net, 99), "ms")

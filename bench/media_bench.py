@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._serve_process import ServeProcess
 from bench.common import (
     Report,
     base_parser,
@@ -43,7 +44,6 @@ from bench.common import (
     phase,
     setup_logging,
 )
-from bench.serve_process import ServeProcess
 from providers.codecs import Encoder
 from voicehub.simulate import TwilioCallSim
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._serve_process import ServeProcess
 from bench.common import (
     Report,
     base_parser,
@@ -38,7 +39,6 @@ from bench.common import (
     phase,
     setup_logging,
 )
-from bench.serve_process import ServeProcess
 
 log = logging.getLogger("bench.provider")
 
